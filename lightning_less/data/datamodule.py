@@ -1,0 +1,292 @@
+"""``InstructionDataset`` and ``InstructionDataModule``: jsonl pools and target sets as batches."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_less.data.formatting import IGNORE_INDEX, TemplateName, encode_messages, has_response_token, tulu_prompt
+from lightning_less.data.records import Record, read_records
+
+
+def sample_fraction(n: int, fraction: float, seed: int) -> np.ndarray:
+    """A seeded uniform sample of ``round(n * fraction)`` (at least 1) positions out of ``n``, sorted.
+
+    The seed given is the seed used (the reference code ignored it, ALGORITHMS.md 4).
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    k = max(1, int(round(n * fraction)))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.permutation(n)[:k])
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    record: Record
+    input_ids: list[int]
+    labels: list[int]
+
+
+class InstructionDataset(Dataset):
+    """Tokenized instruction examples with their dataset indices.
+
+    Examples left with no response token after truncation are reported (count and ids in
+    ``dropped``) and left out, so they are never trained on nor given a NaN loss.
+
+    Args:
+        files: jsonl files (Tülu ``messages``, ``prompt``/``completion`` or Alpaca).
+        tokenizer: a Hugging Face tokenizer.
+        max_length: truncate each example to this many tokens.
+        template: ``"tulu"`` or ``"chat_template"``.
+        fraction: keep a seeded random fraction of the records (LESS's warmup subset), drawn
+            by :func:`sample_fraction` before tokenization (after ``indices``).
+        seed: the seed of that sample.
+        with_generation: also keep each example's prompt (up to its last assistant turn) and
+            reference answer, for exact-match evaluation.
+        indices: keep only these record indices (e.g. a selection), in this order.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str] | str,
+        tokenizer,
+        max_length: int = 2048,
+        template: TemplateName = "tulu",
+        fraction: float | None = None,
+        seed: int = 0,
+        with_generation: bool = False,
+        indices: Sequence[int] | None = None,
+    ) -> None:
+        self.files = [str(files)] if isinstance(files, (str, os.PathLike)) else [str(f) for f in files]
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.template = template
+        self.with_generation = with_generation
+        self.records = read_records(self.files)
+        chosen = self.records
+        if indices is not None:
+            n = len(self.records)
+            bad = [i for i in indices if not 0 <= int(i) < n]
+            if bad:
+                raise IndexError(f"indices {bad[:5]} are outside the {n} records of {self.files}")
+            chosen = [self.records[int(i)] for i in indices]
+        if fraction is not None:
+            # Sample records, not encoded examples: the subset then depends only on the
+            # files and the seed, not on the tokenizer or max_length (LESS-T reuses it
+            # across models).
+            chosen = [chosen[i] for i in sample_fraction(len(chosen), fraction, seed)]
+        self.examples: list[EncodedExample] = []
+        self.dropped: list[Record] = []
+        for record in chosen:
+            ids, labels = encode_messages(record.messages, tokenizer, max_length=max_length, template=template)
+            if has_response_token(labels):
+                self.examples.append(EncodedExample(record, ids, labels))
+            else:
+                self.dropped.append(record)
+        if self.dropped:
+            shown = ", ".join(r.id for r in self.dropped[:10])
+            more = "" if len(self.dropped) <= 10 else f" and {len(self.dropped) - 10} more"
+            rank_zero_warn(
+                f"{len(self.dropped)} example(s) of {self.files} have no response token left after truncation to "
+                f"max_length={max_length} and are left out: {shown}{more}"
+            )
+        if not self.examples:
+            raise ValueError(f"no usable examples in {self.files}")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        ex = self.examples[i]
+        item = {"input_ids": ex.input_ids, "labels": ex.labels, "index": ex.record.index}
+        if self.with_generation:
+            messages = list(ex.record.messages)
+            last = max(j for j, m in enumerate(messages) if m["role"] == "assistant")
+            item["prompt_ids"] = self.prompt_ids(messages[:last])
+            item["reference"] = messages[last]["content"].strip()
+        return item
+
+    def prompt_ids(self, messages: Sequence[dict]) -> list[int]:
+        """Token ids of a generation prompt (the conversation, then an open assistant turn)."""
+        if self.template == "chat_template":
+            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tokenizer(tulu_prompt(messages, self.tokenizer.eos_token), add_special_tokens=False)["input_ids"]
+            if self.tokenizer.bos_token_id is not None:
+                ids = [self.tokenizer.bos_token_id] + ids
+        return ids[-self.max_length :]
+
+
+class InstructionCollator:
+    """Pads a list of items into a batch (see docs/architecture.md "Batches")."""
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right") -> None:
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+
+    def _pad(self, seqs: list[list[int]], value: int, side: str) -> torch.Tensor:
+        width = max(len(s) for s in seqs)
+        out = torch.full((len(seqs), width), value, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            if side == "right":
+                out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            else:
+                out[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        return out
+
+    def __call__(self, items: list[dict]) -> dict:
+        ids = [it["input_ids"] for it in items]
+        batch = {
+            "input_ids": self._pad(ids, self.pad_token_id, self.padding_side),
+            "attention_mask": self._pad([[1] * len(s) for s in ids], 0, self.padding_side),
+            "labels": self._pad([it["labels"] for it in items], IGNORE_INDEX, self.padding_side),
+            "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+        }
+        if "prompt_ids" in items[0]:
+            # Generation always left-pads, so every prompt ends where generation starts.
+            prompts = [it["prompt_ids"] for it in items]
+            batch["prompt_input_ids"] = self._pad(prompts, self.pad_token_id, "left")
+            batch["prompt_attention_mask"] = self._pad([[1] * len(p) for p in prompts], 0, "left")
+            batch["references"] = [it["reference"] for it in items]
+        return batch
+
+
+def load_tokenizer(name_or_path: str):
+    """``AutoTokenizer.from_pretrained`` (built-in names resolved), with a pad token guaranteed."""
+    from transformers import AutoTokenizer
+
+    from lightning_less.modules.tiny import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    if tokenizer.pad_token_id is None:
+        # Padding positions are masked out of attention and labels, so any id works;
+        # EOS is the usual choice for Llama-family tokenizers that ship without a pad token.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+class InstructionDataModule(pl.LightningDataModule):
+    """Instruction pools and target sets from jsonl files, for ``fit``, ``validate``, ``test`` and ``predict``.
+
+    Args:
+        train_files: jsonl files to train on.
+        val_files: jsonl files to validate on (loss and exact match).
+        test_files: jsonl files to test on; defaults to ``val_files``.
+        predict_files: jsonl files for the gradient / trajectory passes.
+        tokenizer_name_or_path: tokenizer name or path (linked to the model's by the CLI).
+        max_length: truncation length in tokens.
+        template: ``"tulu"`` (ALGORITHMS.md 1.5) or ``"chat_template"`` (the tokenizer's).
+        train_fraction: train on a seeded random fraction of ``train_files`` (LESS warmup: 0.05).
+        seed: seed of that sample.
+        batch_size: training batch size per device.
+        eval_batch_size: batch size of validation, test and predict.
+        padding_side: ``"right"`` or ``"left"``.
+        num_workers: data loader workers.
+        train_indices: train only on these record indices of ``train_files`` (a selection).
+    """
+
+    def __init__(
+        self,
+        train_files: list[str] | None = None,
+        val_files: list[str] | None = None,
+        test_files: list[str] | None = None,
+        predict_files: list[str] | None = None,
+        tokenizer_name_or_path: str | None = None,
+        max_length: int = 2048,
+        template: TemplateName = "tulu",
+        train_fraction: float | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        padding_side: str = "right",
+        num_workers: int = 0,
+        train_indices: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_files = train_files
+        self.val_files = val_files
+        self.test_files = test_files
+        self.predict_files = predict_files
+        self.tokenizer_name_or_path = tokenizer_name_or_path
+        self.max_length = max_length
+        self.template = template
+        self.train_fraction = train_fraction
+        self.seed = seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.padding_side = padding_side
+        self.num_workers = num_workers
+        self.train_indices = train_indices
+        self._tokenizer = None
+        self.datasets: dict[str, InstructionDataset] = {}
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            if self.tokenizer_name_or_path is None:
+                raise ValueError("InstructionDataModule needs tokenizer_name_or_path (the CLI links it to the model's)")
+            self._tokenizer = load_tokenizer(self.tokenizer_name_or_path)
+        return self._tokenizer
+
+    def _dataset(self, split: str) -> InstructionDataset:
+        if split in self.datasets:
+            return self.datasets[split]
+        files = {
+            "train": self.train_files,
+            "val": self.val_files,
+            "test": self.test_files or self.val_files,
+            "predict": self.predict_files,
+        }[split]
+        if not files:
+            raise ValueError(f"no {split} files given to InstructionDataModule ({split}_files)")
+        kwargs = dict(tokenizer=self.tokenizer, max_length=self.max_length, template=self.template)
+        if split == "train":
+            ds = InstructionDataset(files, fraction=self.train_fraction, seed=self.seed, indices=self.train_indices, **kwargs)
+        else:
+            ds = InstructionDataset(files, with_generation=split in ("val", "test"), **kwargs)
+        rank_zero_info(f"{split}: {len(ds)} examples from {', '.join(map(str, files))}")
+        self.datasets[split] = ds
+        return ds
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._dataset("train")
+            if self.val_files:
+                self._dataset("val")
+        elif stage == "validate":
+            self._dataset("val")
+        elif stage == "test":
+            self._dataset("test")
+        elif stage == "predict":
+            self._dataset("predict")
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self._dataset(split)
+        collate = InstructionCollator(self.tokenizer.pad_token_id, self.padding_side)
+        size = self.batch_size if split == "train" else self.eval_batch_size
+        return DataLoader(ds, batch_size=size, shuffle=shuffle, collate_fn=collate, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        # No validation files means no validation loop (Lightning skips an empty list).
+        return self._loader("val", shuffle=False) if self.val_files else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)

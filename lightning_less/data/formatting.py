@@ -1,0 +1,130 @@
+"""Turning normalised messages into token ids and labels.
+
+Two templates:
+
+* ``"tulu"`` (default, ALGORITHMS.md 1.5 / open-instruct):
+  ``<|system|>\\n{c}\\n``, ``<|user|>\\n{c}\\n``, ``<|assistant|>\\n{c}{eos}\\n`` with every
+  content stripped. Only the assistant contents and their end-of-sequence token carry
+  labels; the role tags, the other turns and the newline after ``{eos}`` are -100.
+* ``"chat_template"``: the tokenizer's own chat template. The assistant span of turn i is
+  the text that rendering ``messages[:i+1]`` adds after rendering ``messages[:i]`` with the
+  generation prompt; a template for which that is not a prefix is refused.
+
+Each segment is tokenized on its own and the ids concatenated, so labels follow the
+segment boundaries exactly (no offset mapping needed). With the Tülu template a BOS token
+is prepended when the tokenizer has one (a chat template writes its own). Truncation keeps
+the first ``max_length`` tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+IGNORE_INDEX = -100
+TemplateName = Literal["tulu", "chat_template"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    trained: bool
+
+
+def tulu_segments(messages: Sequence[dict], eos_token: str) -> list[Segment]:
+    """The Tülu template as (text, is-response) segments."""
+    segments: list[Segment] = []
+    for m in messages:
+        content = m["content"].strip()
+        if m["role"] == "assistant":
+            segments.append(Segment("<|assistant|>\n", False))
+            segments.append(Segment(content + eos_token, True))
+            segments.append(Segment("\n", False))
+        else:
+            segments.append(Segment(f"<|{m['role']}|>\n{content}\n", False))
+    return segments
+
+
+def tulu_prompt(messages: Sequence[dict], eos_token: str) -> str:
+    """The Tülu prompt for generation: every turn, then an open assistant tag.
+
+    Earlier assistant turns end with ``eos_token`` exactly as in training, so a multi-turn
+    (or few-shot) prompt is the prefix of the text the model was trained on.
+    """
+    text = "".join(s.text for s in tulu_segments(messages, eos_token=eos_token))
+    return text + "<|assistant|>\n"
+
+
+def chat_template_segments(messages: Sequence[dict], tokenizer) -> list[Segment]:
+    """Segments of the tokenizer's chat template, assistant spans marked as trained."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("template='chat_template' was asked for but the tokenizer has no chat_template")
+    segments: list[Segment] = []
+    done = ""
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant" and i == 0:
+            # A conversation cannot be rendered empty (transformers refuses it), so the
+            # header of a leading assistant turn is found by its content instead.
+            full = tokenizer.apply_chat_template(list(messages[:1]), tokenize=False)
+            start = full.find(m["content"].strip()) if m["content"].strip() else -1
+            if start < 0:
+                raise ValueError("cannot find the assistant span of a conversation that starts with an assistant turn")
+            segments.append(Segment(full[:start], False))
+            segments.append(Segment(full[start:], True))
+            done = full
+            continue
+        if m["role"] == "assistant":
+            prefix = tokenizer.apply_chat_template(list(messages[:i]), tokenize=False, add_generation_prompt=True)
+            if not prefix.startswith(done):
+                raise ValueError("the tokenizer's chat template does not render conversations prefix-consistently")
+            segments.append(Segment(prefix[len(done):], False))
+            done = prefix
+        full = tokenizer.apply_chat_template(list(messages[: i + 1]), tokenize=False)
+        if not full.startswith(done):
+            raise ValueError("the tokenizer's chat template does not render conversations prefix-consistently")
+        segments.append(Segment(full[len(done):], m["role"] == "assistant"))
+        done = full
+    return [s for s in segments if s.text]
+
+
+def encode_messages(
+    messages: Sequence[dict],
+    tokenizer,
+    max_length: int | None = None,
+    template: TemplateName = "tulu",
+    add_bos: bool = True,
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels of one conversation.
+
+    Returns:
+        ``(input_ids, labels)``; ``labels`` is -100 on every non-response token. When
+        truncation removes every response token the labels are all -100 and the caller
+        must drop the example (see :class:`~lightning_less.data.datamodule.InstructionDataset`).
+    """
+    if template == "tulu":
+        if tokenizer.eos_token is None:
+            raise ValueError("the Tülu template needs a tokenizer with an eos_token")
+        segments = tulu_segments(messages, tokenizer.eos_token)
+    elif template == "chat_template":
+        segments = chat_template_segments(messages, tokenizer)
+    else:
+        raise ValueError(f"unknown template {template!r}: expected 'tulu' or 'chat_template'")
+    input_ids: list[int] = []
+    labels: list[int] = []
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if add_bos and bos is not None and template == "tulu":
+        input_ids.append(bos)
+        labels.append(IGNORE_INDEX)
+    for seg in segments:
+        ids = tokenizer(seg.text, add_special_tokens=False)["input_ids"]
+        input_ids.extend(ids)
+        labels.extend(ids if seg.trained else [IGNORE_INDEX] * len(ids))
+    if max_length is not None and len(input_ids) > max_length:
+        input_ids = input_ids[:max_length]
+        labels = labels[:max_length]
+    return input_ids, labels
+
+
+def has_response_token(labels: Sequence[int]) -> bool:
+    """Whether an example has at least one label the shifted loss can use (position >= 1)."""
+    return any(label != IGNORE_INDEX for label in labels[1:])

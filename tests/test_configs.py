@@ -1,0 +1,28 @@
+"""Every shipped YAML config parses, and its header comment gives the command that runs it."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_less.cli import parse_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert len(CONFIGS) >= 2
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_config_header_and_parse(path):
+    text = path.read_text()
+    assert text.startswith("#"), f"{path} must begin with a comment giving the exact command"
+    header = "".join(line for line in text.splitlines(True) if line.startswith("#"))
+    rel = f"configs/{path.parent.name}/{path.name}"
+    match = re.search(r"lightning-less ([\w-]+) --config " + re.escape(rel), header)
+    assert match, f"{path}: the header must contain 'lightning-less <command> --config {rel}'"
+    assert isinstance(yaml.safe_load(text), dict)
+    parsed = parse_config(match.group(1), path)  # validates every key against the signatures
+    assert parsed is not None
