@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from lightning_less.modules.tiny import save_tiny_model
+from lightning_less.pipeline import FeatureSettings, SelectionSettings, TrainSettings, WarmupSettings
 
 
 def tiny_model(output: str, size: str = "tiny", seed: int = 0) -> None:
@@ -32,4 +35,163 @@ def demo_data(output: str = "demo_data", seed: int = 0, pool_size: int = 2400) -
         print(f"{key}: {value}")
 
 
-COMMANDS = {"tiny-model": tiny_model, "demo-data": demo_data}
+def demo(output: str = "demo_output", seed: int = 0, methods: list[str] | None = None) -> None:
+    """Run the built-in demo: the whole LESS pipeline and the baselines on generated data, on CPU.
+
+    Prints a table and writes ``<output>/results.json``.
+
+    Args:
+        output: the run directory (finished steps found there are skipped).
+        seed: seed of the data, the warmup sample, every sampled method and training.
+        methods: methods to run (default: less, random, bm25, dsir, rds, s2l, full).
+    """
+    from lightning_less.demo import DEMO_METHODS, run_demo
+
+    run_demo(output, seed=seed, methods=tuple(methods or DEMO_METHODS))
+
+
+def pipeline(
+    pool: list[str],
+    targets: list[str],
+    output: str,
+    model: str = "builtin:tiny-llama",
+    eval: list[str] | None = None,
+    max_length: int = 2048,
+    seed: int = 0,
+    warmup: WarmupSettings | None = None,
+    features: FeatureSettings | None = None,
+    selection: SelectionSettings | None = None,
+    train: TrainSettings | None = None,
+    trainer: dict | None = None,
+    skip_training: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Run LESS end to end (warmup, features, selection, training, evaluation), skipping finished steps.
+
+    Args:
+        pool: the instruction pool's jsonl files.
+        targets: target examples (jsonl, with a ``subtask`` field).
+        output: the run directory.
+        model: the selecting model (hub name, path or ``builtin:tiny-llama``).
+        eval: held-out target-task examples for the final evaluation.
+        max_length: truncation length in tokens.
+        seed: seed of the warmup sample, LoRA init and training.
+        warmup: step 1 settings.
+        features: step 2 settings.
+        selection: step 3 settings.
+        train: step 4 settings.
+        trainer: extra Trainer arguments for every step.
+        skip_training: stop after the selection.
+        overwrite: redo steps whose outputs were made with other settings.
+    """
+    from lightning_less.pipeline import run_pipeline
+
+    result = run_pipeline(pool, targets, output, model, eval, max_length, seed, warmup, features, selection, train,
+                          trainer, skip_training, overwrite)
+    print(json.dumps(result, indent=2))
+
+
+def report(
+    *,
+    selection: str,
+    output: str | None = None,
+    pool: list[str] | str | None = None,
+    targets: list[str] | str | None = None,
+    top_n: int = 5,
+) -> dict:
+    """Write an offline HTML report (index.html + PNG plots) of a selection directory.
+
+    Args:
+        selection: the selection directory (scores.csv, selected.jsonl, manifest.json).
+        output: the report directory (default: <selection>/report).
+        pool: pool jsonl file(s) (``--pool a.jsonl`` or ``--pool '[a.jsonl,b.jsonl]'``);
+            default: the pool files recorded in the manifest.
+        targets: target jsonl file(s); default: the manifest's ``inputs.targets``, if any.
+        top_n: top pool examples (and target examples) shown per target subtask.
+    """
+    from lightning_less.report import report_command
+
+    return report_command(selection, output, pool, targets, top_n)
+
+
+def inspect_selection(
+    *,
+    selection: str,
+    target_index: int | None = None,
+    subtask: str | None = None,
+    top_k: int = 10,
+    targets: list[str] | str | None = None,
+    pool: list[str] | str | None = None,
+) -> list:
+    """Print the top-k pool examples of one target subtask of a selection, with their scores.
+
+    Args:
+        selection: the selection directory.
+        target_index: a target example's index (over the target files); shows the ranking of
+            its subtask (per-example scores need the gradient features). Exclusive with subtask.
+        subtask: the target subtask whose ranking (``score/<subtask>``) is shown.
+        top_k: number of pool examples to show.
+        targets: target jsonl file(s); default: the manifest's ``inputs.targets``.
+        pool: pool jsonl file(s) for the texts; default: the pool files recorded in the manifest.
+    """
+    from lightning_less.inspect_view import inspect_command
+
+    return inspect_command(selection, target_index, subtask, top_k, targets, pool)
+
+
+def select(
+    method: str,
+    pool: list[str],
+    output: str,
+    targets: list[str] | None = None,
+    fraction: float | None = 0.05,
+    count: int | None = None,
+    seed: int = 0,
+    pool_store: str | None = None,
+    target_store: str | None = None,
+    dim: int | None = None,
+    aggregation: str = "max_subtask_mean",
+    model: str | None = None,
+    trajectories: str | None = None,
+    n_clusters: int = 100,
+    stratify_by_source: bool = False,
+    max_length: int = 2048,
+    overwrite: bool = False,
+) -> None:
+    """Select a budget of the pool with one method and write a selection directory.
+
+    Every method writes the same outputs: ``scores.csv``, ``selected.jsonl`` (input lines,
+    byte for byte) and ``manifest.json``.
+
+    Args:
+        method: ``less``, ``rds``, ``s2l``, ``random``, ``bm25``, ``dsir`` or ``full``.
+        pool: the pool's jsonl files (one global selection over all of them).
+        output: the selection directory (an existing different selection is refused).
+        targets: target examples (jsonl with a ``subtask`` field); needed by less, rds, bm25, dsir.
+        fraction: budget as a fraction of the pool (LESS: 0.05).
+        count: budget as a number of examples (instead of ``fraction``).
+        seed: seed of sampled methods (random, s2l, dsir with Gumbel).
+        pool_store: LESS: the pool's ``adam`` gradient datastore.
+        target_store: LESS: the targets' ``sgd`` gradient datastore.
+        dim: LESS: which projected dim to use (default: the first).
+        aggregation: LESS / RDS: ``max_subtask_mean`` (default), ``mean`` or ``round_robin``.
+        model: RDS: the model whose hidden states are compared; S2L: a proxy to train when no trajectories are given.
+        trajectories: S2L: a loss-trajectory store.
+        n_clusters: S2L: number of k-means clusters.
+        stratify_by_source: S2L: sample each source separately.
+        max_length: truncation length in tokens (RDS, S2L proxy).
+        overwrite: replace an existing selection.
+    """
+    from lightning_less.selection.runner import run_selection
+
+    if fraction is not None and count is not None and fraction == 0.05:
+        fraction = None  # an explicit count replaces the default fraction
+    path = run_selection(method, pool, targets, output, fraction=fraction, count=count, seed=seed, pool_store=pool_store,
+                         target_store=target_store, dim=dim, aggregation=aggregation, model=model,
+                         trajectories=trajectories, n_clusters=n_clusters, stratify_by_source=stratify_by_source,
+                         max_length=max_length, overwrite=overwrite)
+    print(f"selection written to {path} (scores.csv, selected.jsonl, manifest.json)")
+
+
+COMMANDS = {"demo": demo, "pipeline": pipeline, "select": select, "tiny-model": tiny_model, "demo-data": demo_data,
+            "report": report, "inspect": inspect_selection}

@@ -144,3 +144,20 @@ def generate_demo_data(
                 rec = _record("messages", f"{key}-{j}", name, prompt, answer, {"subtask": name, "task": target_task, "form": target_form})
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return {"pool": [str(f) for f in files], "targets": str(paths["targets"]), "eval": str(paths["eval"])}
+
+
+def generate_pretraining_data(path: str | Path, seed: int = 0, n: int = 3000, exclude_task: str = "first_letter") -> str:
+    """A "pretraining" corpus for the demo's base model: every task but the target task, both forms.
+
+    Stands in for a pretrained LLM that knows the instruction format but not the target task.
+    """
+    rng = random.Random(10_000 + seed)
+    tasks = [t for t in TASKS if t != exclude_task]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            task, form = tasks[i % len(tasks)], ("en", "es")[(i // len(tasks)) % 2]
+            prompt, answer = make_example(task, form, rng)
+            f.write(json.dumps(_record("messages", f"pre-{i}", f"{task}_{form}", prompt, answer, {}), ensure_ascii=False) + "\n")
+    return str(path)

@@ -1,0 +1,299 @@
+"""``GradientDumpLoop``: LESS step 2 (ALGORITHMS.md 1.2) as a ``trainer.predict`` pass.
+
+Lightning 2.x keeps its loop classes private, so the "loop" is an orchestrator around
+``trainer.predict`` (DESIGN.md): :class:`GradientFeatureModule` computes, for every batch
+and every snapshot, the per-example LoRA gradients in one backward pass, Adam-transforms
+them (``adam``, pool) or not (``sgd``, targets), projects them to every requested dim,
+and :class:`DatastoreWriter` writes the rows into a :class:`GradientDatastore`.
+
+* Resume: rows already done are skipped (an example's features never depend on its
+  batch, so a partial batch gives the same rows).
+* DDP: each rank writes its own shard store (``<output>.shards/rank_<r>``); when
+  predict ends, rank 0 merges the shards into ``<output>``, equal to a one-process run.
+* Examples with no response token (see ``InstructionDataset.dropped``) get no features;
+  their indices are listed in the manifest as ``excluded_indices``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_less.callbacks.snapshot import Snapshot, list_snapshots, load_snapshot
+from lightning_less.data.records import file_sha256
+from lightning_less.gradients.datastore import GradientDatastore
+from lightning_less.gradients.per_example import PerExampleLoRAGradients, adam_transform, flatten_moments
+from lightning_less.gradients.projectors import make_projector
+
+FeatureKind = Literal["adam", "sgd"]
+
+
+def resolve_snapshots(snapshots: str | Sequence[str]) -> list[Path]:
+    """A snapshot root directory (all ``epoch_*`` inside) or an explicit list of snapshot dirs."""
+    if isinstance(snapshots, (str, os.PathLike)):
+        root = Path(snapshots)
+        if (root / "snapshot.json").exists():
+            return [root]
+        return list_snapshots(root)
+    return [Path(s) for s in snapshots]
+
+
+def snapshot_fingerprint(snap: Snapshot) -> dict[str, Any]:
+    """What makes two stores' snapshots the same: name, epoch, lr and the adapter's bytes."""
+    adapter = snap.path / "adapter_model.safetensors"
+    return {
+        "name": snap.name,
+        "epoch": snap.epoch,
+        "lr": snap.lr,
+        "adapter_sha256": file_sha256(adapter) if adapter.exists() else None,
+        "base_model": snap.base_model,
+    }
+
+
+class GradientFeatureModule(pl.LightningModule):
+    """Per-example projected gradient features of every snapshot, in ``predict_step``.
+
+    Args:
+        snapshots: a snapshot root (``epoch_*`` dirs) or a list of snapshot dirs.
+        output_dir: the gradient datastore to write.
+        feature: ``"adam"`` (pool; ALGORITHMS.md 1.2 Adam transform) or ``"sgd"`` (targets; raw gradient).
+        dims: projection dims, all computed in the same pass.
+        projector: ``"trak_basic"``, ``"trak_cuda"`` or ``"sparse_jl"``; never a fallback.
+        projector_seed: seed of the projection matrix (the reference uses 0).
+        projector_kwargs: extra projector options (``block_size``, ``sparsity``, ``num_sms``...).
+        model_name_or_path: base model; defaults to the snapshots' ``base_model``.
+        dtype: base model dtype (see ``LoRAInstructionTuningModule``).
+        store_dtype: ``float16`` (as the reference) or ``float32``.
+        overwrite: replace an existing store built differently (a compatible one is resumed).
+        data_files: the data files hashed into the manifest (set by the CLI link or the pipeline).
+    """
+
+    def __init__(
+        self,
+        snapshots: str | list[str],
+        output_dir: str,
+        feature: FeatureKind = "adam",
+        dims: list[int] | int = 8192,
+        projector: str = "trak_basic",
+        projector_seed: int = 0,
+        projector_kwargs: dict[str, Any] | None = None,
+        model_name_or_path: str | None = None,
+        dtype: str | None = None,
+        attn_implementation: str | None = None,
+        store_dtype: str = "float16",
+        overwrite: bool = False,
+    ) -> None:
+        super().__init__()
+        from peft import PeftModel
+
+        from lightning_less.modules.lora import load_causal_lm
+
+        if feature not in ("adam", "sgd"):
+            raise ValueError(f"feature must be 'adam' or 'sgd', got {feature!r}")
+        self.feature = feature
+        self.dims = [dims] if isinstance(dims, int) else [int(d) for d in dims]
+        self.output_dir = Path(output_dir)
+        self.projector_kind = projector
+        self.projector_seed = projector_seed
+        self.projector_kwargs = dict(projector_kwargs or {})
+        self.store_dtype = store_dtype
+        self.overwrite = overwrite
+        self.snapshots = [load_snapshot(p) for p in resolve_snapshots(snapshots)]
+        if not self.snapshots:
+            raise ValueError("no snapshots given")
+        names = [s.name for s in self.snapshots]
+        if len(set(names)) != len(names):
+            raise ValueError(f"snapshot directory names must be distinct, got {names}")
+        base = model_name_or_path or self.snapshots[0].base_model
+        model = load_causal_lm(base, dtype=dtype, attn_implementation=attn_implementation)
+        self.model = PeftModel.from_pretrained(model, str(self.snapshots[0].path), is_trainable=True)
+        self.model.eval()  # LoRA dropout off (ALGORITHMS.md 1.2)
+        self.grads = PerExampleLoRAGradients(self.model)
+        # Each snapshot's LoRA weights, keyed like named_parameters(), swapped in per batch.
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        self._weights: list[dict[str, torch.Tensor]] = []
+        self._moments: list[tuple[torch.Tensor, torch.Tensor]] = []
+        params = dict(self.model.named_parameters())
+        for snap in self.snapshots:
+            if snap.param_names != self.grads.param_names:
+                missing = sorted(set(self.grads.param_names) ^ set(snap.param_names))[:3]
+                raise ValueError(f"{snap.path}: its parameter names differ from the model's LoRA parameters (e.g. {missing})")
+            set_peft_model_state_dict(self.model, load_peft_weights(str(snap.path), device="cpu"))
+            self._weights.append({n: params[n].detach().clone() for n in self.grads.param_names})
+            if feature == "adam":
+                self._moments.append(flatten_moments({f"{n}.{k}": t for n in snap.param_names for k, t in
+                                                     (("exp_avg", snap.exp_avg[n]), ("exp_avg_sq", snap.exp_avg_sq[n]))},
+                                                    self.grads.param_names))
+        self.projectors: dict[int, Any] = {}
+        self.store: GradientDatastore | None = None
+        self.skip = False  # the store is already complete
+
+    @property
+    def snapshot_names(self) -> list[str]:
+        return [s.name for s in self.snapshots]
+
+    def configure_callbacks(self):
+        return [DatastoreWriter()]
+
+    # ---------------------------------------------------------------- set up
+    def setup(self, stage: str) -> None:
+        if stage != "predict":
+            raise RuntimeError("GradientFeatureModule only runs `predict` (the gradient pass)")
+        device = self.device if self.device.type != "meta" else torch.device("cpu")
+        self.projectors = {
+            d: make_projector(self.projector_kind, self.grads.numel, d, seed=self.projector_seed, device=device,
+                              **self.projector_kwargs)
+            for d in self.dims
+        }
+
+    def manifest(self, dataset) -> dict[str, Any]:
+        """The store manifest: everything needed to refuse mixing incompatible stores."""
+        return {
+            "feature_kind": self.feature,
+            "projector": {str(d): p.describe() for d, p in self.projectors.items()},
+            "snapshot_info": [snapshot_fingerprint(s) for s in self.snapshots],
+            "snapshot_lrs": [s.lr for s in self.snapshots],
+            "adam": None if self.feature != "adam" else [{"betas": list(s.betas), "eps": s.eps} for s in self.snapshots],
+            "data": {
+                "files": [{"path": f, "sha256": file_sha256(f)} for f in dataset.files],
+                "max_length": dataset.max_length,
+                "template": dataset.template,
+            },
+            "excluded_indices": [r.index for r in dataset.dropped],
+            "grad_dim": self.grads.numel,
+        }
+
+    # --------------------------------------------------------------- compute
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict | None:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "the gradient pass needs gradients, but predict runs under torch.inference_mode: "
+                "create the Trainer with inference_mode=False (trainer.inference_mode: false in YAML)"
+            )
+        if self.skip:
+            return None
+        index = batch["index"].cpu().numpy()
+        todo = ~np.logical_and.reduce([self.store.done_mask(s)[index] for s in self.snapshot_names])
+        if not todo.any():
+            return None
+        if not todo.all():
+            keep = torch.as_tensor(np.flatnonzero(todo), device=batch["input_ids"].device)
+            batch = {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            index = index[todo]
+        features: dict[tuple[str, int], torch.Tensor] = {}
+        params = dict(self.model.named_parameters())
+        with torch.enable_grad():
+            for s, snap in enumerate(self.snapshots):
+                with torch.no_grad():
+                    for n, w in self._weights[s].items():
+                        params[n].copy_(w)
+                grads, _ = self.grads.compute(batch)
+                if self.feature == "adam":
+                    m, v = self._moments[s]
+                    grads = adam_transform(grads, m, v, beta1=snap.betas[0], beta2=snap.betas[1], eps=snap.eps)
+                for d, proj in self.projectors.items():
+                    features[snap.name, d] = proj.project(grads).cpu()
+        return {"index": index, "features": features}
+
+
+class DatastoreWriter(BasePredictionWriter):
+    """Writes :class:`GradientFeatureModule` predictions into its datastore, one shard per rank."""
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="batch")
+
+    def _shard_dir(self, pl_module: GradientFeatureModule, trainer: pl.Trainer) -> Path:
+        if trainer.world_size == 1:
+            return pl_module.output_dir
+        return Path(f"{pl_module.output_dir}.shards") / f"rank_{trainer.global_rank}_of_{trainer.world_size}"
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: GradientFeatureModule) -> None:
+        dataset = trainer.datamodule._dataset("predict") if trainer.datamodule is not None else trainer.predict_dataloaders.dataset
+        pl_module._dataset = dataset
+        manifest = pl_module.manifest(dataset)
+        n = len(dataset.records)
+        out = pl_module.output_dir
+        skip = False
+        if trainer.world_size > 1 and trainer.is_global_zero and (out / "manifest.json").exists():
+            # An earlier merged store: refused when built differently, reused only when complete.
+            skip = GradientDatastore.create(out, manifest, pl_module.snapshot_names, pl_module.dims, n,
+                                            dtype=pl_module.store_dtype, overwrite=pl_module.overwrite).is_complete()
+        skip = bool(trainer.strategy.broadcast(skip, src=0))
+        store = GradientDatastore.create(self._shard_dir(pl_module, trainer), manifest, pl_module.snapshot_names,
+                                         pl_module.dims, n, dtype=pl_module.store_dtype, overwrite=pl_module.overwrite)
+        pl_module.store = store
+        pl_module.skip = skip or store.is_complete()
+        if pl_module.skip:
+            rank_zero_info(f"gradient datastore {out} is already complete: nothing to do")
+            return
+        # Rows that get no features are done by definition (zeros, listed in the manifest).
+        excluded = np.asarray(manifest["excluded_indices"], dtype=np.int64)
+        if trainer.is_global_zero and excluded.size:
+            for snap in pl_module.snapshot_names:
+                for d in pl_module.dims:
+                    store.write(snap, d, excluded, np.zeros((excluded.size, d), dtype=np.float32))
+                store.mark_done(snap, excluded)
+        rank_zero_info(f"gradient pass ({pl_module.feature}) of {len(dataset)} examples x {len(pl_module.snapshots)} "
+                       f"snapshot(s) -> {pl_module.output_dir}")
+
+    def write_on_batch_end(self, trainer, pl_module: GradientFeatureModule, prediction, batch_indices, batch, batch_idx,
+                           dataloader_idx) -> None:
+        if prediction is None:
+            return
+        store = pl_module.store
+        index = prediction["index"]
+        for (snap, d), feats in prediction["features"].items():
+            store.write(snap, d, index, feats.numpy())
+        for snap in pl_module.snapshot_names:
+            store.mark_done(snap, index)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: GradientFeatureModule) -> None:
+        store = pl_module.store
+        trainer.strategy.barrier()
+        if pl_module.skip:
+            return
+        if trainer.world_size == 1:
+            store.finalize()
+            rank_zero_info(f"gradient datastore complete: {store.path}")
+            return
+        if trainer.is_global_zero:
+            shards = [Path(f"{pl_module.output_dir}.shards") / f"rank_{r}_of_{trainer.world_size}" for r in range(trainer.world_size)]
+            if (pl_module.output_dir / "manifest.json").exists():
+                shutil.rmtree(pl_module.output_dir)
+            GradientDatastore.merge_shards(shards, pl_module.output_dir)
+            shutil.rmtree(Path(f"{pl_module.output_dir}.shards"))
+            rank_zero_info(f"gradient datastore merged from {len(shards)} shards: {pl_module.output_dir}")
+        trainer.strategy.barrier()
+
+
+class GradientDumpLoop:
+    """Run the gradient pass for a dataset and a set of snapshots (``trainer.predict`` underneath).
+
+    Example::
+
+        loop = GradientDumpLoop(snapshots="runs/warmup/snapshots", output_dir="runs/grads/pool",
+                                feature="adam", dims=[8192], projector="trak_basic")
+        store = loop.run(datamodule)          # a finished GradientDatastore
+    """
+
+    def __init__(self, trainer_kwargs: dict[str, Any] | None = None, **module_kwargs: Any) -> None:
+        self.module_kwargs = module_kwargs
+        self.trainer_kwargs = {"logger": False, "enable_checkpointing": False, **(trainer_kwargs or {}),
+                               "inference_mode": False}
+
+    def run(self, datamodule: pl.LightningDataModule) -> GradientDatastore:
+        module = GradientFeatureModule(**self.module_kwargs)
+        trainer = pl.Trainer(**self.trainer_kwargs)
+        trainer.predict(module, datamodule=datamodule, return_predictions=False)
+        return GradientDatastore.open(module.output_dir)

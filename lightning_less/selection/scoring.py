@@ -1,0 +1,361 @@
+"""Influence scoring: LR-weighted cosine similarity between pool and target features.
+
+This is step 3 of LESS (``shared/ALGORITHMS.md`` section 1.3), shared with RDS
+(section 3), which is the same computation with a single "snapshot" of weight 1.
+
+For snapshots ``i = 1..N`` with mean learning rates ``eta_i`` the score of a pool
+example ``x`` against a target example ``z`` is::
+
+    score(x, z) = sum_i w_i * <Gamma_i(x) / |Gamma_i(x)|, g_i(z) / |g_i(z)|>,
+    w_i = eta_i / sum_j eta_j
+
+and the targets are aggregated per subtask (the mean over the subtask's examples),
+then over subtasks (the max by default). Subtasks are given by a label per target
+example, so groups may have any size and need not be contiguous (the reference
+hard-codes equal contiguous groups, ALGORITHMS.md 1.3).
+
+Because ``mean_z <a, b_z> = <a, mean_z b_z>``, each snapshot's normalised target
+features are reduced once to a ``[S, d]`` matrix ``M_i`` of per-subtask means, and a
+block of pool rows costs one ``[B, d] @ [d, S]`` matmul per snapshot. The pool is
+streamed in row blocks, so peak memory does not grow with the pool size: a block is
+copied out of the (possibly memory-mapped, fp16) array into reused buffers, the next
+block being read by a background thread while the current one is scored; for a
+``np.memmap`` the pages of a consumed block are released, so they do not pile up in
+the process's resident set (``benchmarks/scoring.py``: 13 GB store, peak RSS about 0.6 GB).
+
+Zero norms: a feature row whose L2 norm is zero or not finite has no direction, so
+its cosine is undefined. Such rows are refused with a :class:`ValueError` naming the
+snapshot and rows (no ``eps`` is added: a zero gradient means the example had no
+response token or the gradient pass failed, and silently scoring it 0 would hide that).
+"""
+
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+AGGREGATIONS = ("max_subtask_mean", "mean", "round_robin")
+
+# Rows per block when ``block_size`` is not given: about 64 MiB of fp32 per block.
+_DEFAULT_BLOCK_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InfluenceScores:
+    """Scores of every pool example.
+
+    Attributes:
+        score: ``[n]`` float32, the aggregated score used for top-k (for
+            ``"round_robin"`` this is the max over subtasks, kept for display; the
+            selection itself uses ``per_subtask``).
+        per_subtask: ``[n, S]`` float32, the mean over each subtask's targets.
+        subtasks: the ``S`` subtask names, in order of first appearance among targets.
+        weights: the snapshot weights ``w_i`` (they sum to 1).
+        aggregation: how ``score`` was formed from ``per_subtask``.
+    """
+
+    score: np.ndarray
+    per_subtask: np.ndarray
+    subtasks: tuple[str, ...]
+    weights: tuple[float, ...]
+    aggregation: str
+
+
+def group_subtasks(labels: Sequence[str]) -> tuple[tuple[str, ...], list[np.ndarray]]:
+    """Group target positions by subtask label.
+
+    Args:
+        labels: one subtask label per target example (any order, any group sizes).
+
+    Returns:
+        ``(names, groups)``: the distinct labels in order of first appearance, and for
+        each the ascending positions of its targets.
+    """
+    labels = [str(s) for s in labels]
+    if not labels:
+        raise ValueError("no target examples: target_subtasks is empty")
+    names: dict[str, list[int]] = {}
+    for position, label in enumerate(labels):
+        names.setdefault(label, []).append(position)
+    return tuple(names), [np.asarray(v, dtype=np.int64) for v in names.values()]
+
+
+def snapshot_weights(snapshot_lrs: Sequence[float]) -> np.ndarray:
+    """``w_i = eta_i / sum_j eta_j`` (ALGORITHMS.md 1.3); every ``eta_i`` must be positive and finite."""
+    lrs = np.asarray(snapshot_lrs, dtype=np.float64)
+    if lrs.ndim != 1 or lrs.size == 0:
+        raise ValueError("snapshot_lrs must be a non-empty list of learning rates, one per snapshot")
+    if not np.all(np.isfinite(lrs)) or np.any(lrs <= 0):
+        raise ValueError(f"snapshot learning rates must be positive and finite, got {lrs.tolist()}")
+    return lrs / lrs.sum()
+
+
+def _rows_to_fp32(x: Any, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device=device, dtype=torch.float32)
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x))).to(device=device, dtype=torch.float32)
+
+
+def _check_norms(norms: torch.Tensor, what: str, offset: int = 0) -> None:
+    bad = ~torch.isfinite(norms) | (norms == 0)
+    if bool(bad.any()):
+        rows = (torch.nonzero(bad).flatten() + offset).tolist()
+        shown = ", ".join(str(r) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+        raise ValueError(
+            f"{what}: {len(rows)} row(s) with zero or non-finite L2 norm (rows {shown}); "
+            "their cosine similarity is undefined. Check the gradient datastore for "
+            "unfinished rows or examples without response tokens."
+        )
+
+
+def _shape2(x: Any, what: str) -> tuple[int, int]:
+    shape = tuple(x.shape)
+    if len(shape) != 2:
+        raise ValueError(f"{what} must be a 2-D array [rows, dim], got shape {shape}")
+    return int(shape[0]), int(shape[1])
+
+
+class _MappedRows:
+    """Releases the pages of consumed rows of a ``np.memmap`` (or a row-strided view of one).
+
+    ``MADV_DONTNEED`` drops the pages from this process's resident set; they stay in
+    the OS page cache. Without it every touched page of a memory-mapped store counts
+    in RSS until the end of the pass.
+    """
+
+    def __init__(self, array: np.memmap) -> None:
+        self.mapped: mmap.mmap = array._mmap
+        view = np.frombuffer(self.mapped, dtype=np.uint8)
+        self.base = view.ctypes.data
+        self.size = view.size
+        del view  # release the buffer export at once
+        self.array = array
+
+    @staticmethod
+    def usable(array: Any) -> bool:
+        return (
+            isinstance(array, np.memmap)
+            and getattr(array, "_mmap", None) is not None
+            and hasattr(mmap, "MADV_DONTNEED")
+            and array.strides[1] == array.itemsize
+            and array.strides[0] > 0
+        )
+
+    def release(self, start: int, stop: int) -> None:
+        first = self.array[start].ctypes.data - self.base
+        last = self.array[stop - 1].ctypes.data - self.base + self.array.strides[1] * self.array.shape[1]
+        first -= first % mmap.PAGESIZE
+        self.mapped.madvise(mmap.MADV_DONTNEED, first, min(last, self.size) - first)
+
+
+class _BlockReader:
+    """Reads row blocks of the pool arrays one step ahead of their use.
+
+    Blocks are read in the order they are scored (block 0 of every snapshot, then
+    block 1, ...). A single background thread copies the next block from disk into
+    one of two reused host buffers while the current one is scored, so reading the
+    store and scoring overlap (numpy releases the GIL while copying). The fp32 buffer
+    is shared by all snapshots, so peak memory is about two blocks in their stored
+    dtype plus one fp32 block, whatever the pool size.
+    """
+
+    def __init__(self, pool: Sequence[Any], block_size: int, device: torch.device) -> None:
+        self.pool = pool
+        self.block_size = block_size
+        self.device = device
+        self._host: dict[tuple[np.dtype, int, int], np.ndarray] = {}
+        self._fp32: dict[int, torch.Tensor] = {}
+        self._mapped = [_MappedRows(a) if _MappedRows.usable(a) else None for a in pool]
+
+    def _fetch(self, i: int, start: int, stop: int, slot: int) -> Any:
+        array = self.pool[i]
+        if isinstance(array, torch.Tensor):
+            return array[start:stop].detach()
+        d = int(array.shape[1])
+        dtype = np.asarray(array[:0]).dtype
+        host = self._host.get((dtype, d, slot))
+        if host is None:
+            host = self._host[(dtype, d, slot)] = np.empty((self.block_size, d), dtype=dtype)
+        host = host[: stop - start]
+        np.copyto(host, array[start:stop], casting="unsafe")
+        if self._mapped[i] is not None:
+            self._mapped[i].release(start, stop)
+        return torch.from_numpy(host)
+
+    def _to_fp32(self, src: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cpu":
+            return src.to(device=self.device).to(torch.float32)
+        rows, d = src.shape
+        out = self._fp32.get(d)
+        if out is None:
+            out = self._fp32[d] = torch.empty((self.block_size, d), dtype=torch.float32)
+        out = out[:rows]
+        out.copy_(src)  # torch's fp16 -> fp32 copy is several times faster than numpy's astype
+        return out
+
+    def blocks(self, n: int) -> Iterator[tuple[int, int, int, torch.Tensor]]:
+        """Yield ``(snapshot, start, stop, fp32 rows)``; each tensor is valid until the next one."""
+        tasks = [(i, start, min(start + self.block_size, n)) for start in range(0, n, self.block_size)
+                 for i in range(len(self.pool))]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="influence-read") as io:
+            pending = io.submit(self._fetch, *tasks[0], 0)
+            for k, (i, start, stop) in enumerate(tasks):
+                src = pending.result()
+                if k + 1 < len(tasks):
+                    # Slot (k + 1) % 2 was last used by task k - 1, which is finished.
+                    pending = io.submit(self._fetch, *tasks[k + 1], (k + 1) % 2)
+                yield i, start, stop, self._to_fp32(src)
+            # An exception in the consumer leaves at most one read in flight; the
+            # executor's exit waits for it.
+
+
+def _auto_block_size(d: int) -> int:
+    return max(1, _DEFAULT_BLOCK_BYTES // (4 * max(d, 1)))
+
+
+def influence_scores(
+    pool: Sequence[Any],
+    targets: Sequence[Any],
+    snapshot_lrs: Sequence[float],
+    target_subtasks: Sequence[str],
+    aggregation: str = "max_subtask_mean",
+    block_size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> InfluenceScores:
+    """LESS influence scores of every pool example (ALGORITHMS.md 1.3).
+
+    Args:
+        pool: one ``[n, d_i]`` array per snapshot (numpy, ``np.memmap`` of any float
+            dtype such as fp16, or torch), the pool's unnormalised projected Adam features.
+        targets: one ``[m, d_i]`` array per snapshot, the targets' unnormalised SGD features.
+        snapshot_lrs: ``eta_i``, the mean learning rate of each snapshot's epoch.
+        target_subtasks: ``m`` subtask labels, one per target row.
+        aggregation: ``"max_subtask_mean"`` (the paper: mean within each subtask, then
+            max over subtasks), ``"mean"`` (mean over all target examples) or
+            ``"round_robin"`` (``score`` is the max over subtasks; select with
+            :func:`lightning_less.selection.budget.round_robin_top_k` on ``per_subtask``).
+        block_size: pool rows per block (default: about 64 MiB of fp32 per block).
+        device: torch device for the matmuls (``"cpu"`` or ``"cuda"``).
+
+    Returns:
+        The :class:`InfluenceScores`.
+
+    Raises:
+        ValueError: on mismatched shapes, bad learning rates, an unknown aggregation,
+            or a feature row with zero or non-finite norm.
+
+    Example::
+
+        scores = influence_scores([pool_e0, pool_e1], [tgt_e0, tgt_e1], [1.7e-5, 1.3e-5],
+                                  ["mmlu/law", "mmlu/law", "mmlu/art"])
+        top = top_k(scores.score, k=100)
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}, expected one of {AGGREGATIONS}")
+    if len(pool) != len(targets) or len(pool) != len(snapshot_lrs):
+        raise ValueError(
+            f"need one pool array, one target array and one learning rate per snapshot; got "
+            f"{len(pool)} pool, {len(targets)} target arrays and {len(snapshot_lrs)} learning rates"
+        )
+    weights = snapshot_weights(snapshot_lrs)
+    names, groups = group_subtasks(target_subtasks)
+    device = torch.device(device)
+
+    n = None
+    for i, (p, t) in enumerate(zip(pool, targets)):
+        n_i, d_i = _shape2(p, f"pool features of snapshot {i}")
+        m_i, dt_i = _shape2(t, f"target features of snapshot {i}")
+        if n is None:
+            n = n_i
+        if n_i != n:
+            raise ValueError(f"snapshot {i} has {n_i} pool rows, snapshot 0 has {n}")
+        if dt_i != d_i:
+            raise ValueError(f"snapshot {i}: pool dim {d_i} != target dim {dt_i}")
+        if m_i != len(target_subtasks):
+            raise ValueError(f"snapshot {i} has {m_i} target rows but {len(target_subtasks)} subtask labels")
+    assert n is not None
+    if n == 0:
+        raise ValueError("the pool is empty")
+
+    # averaging[s, j] = 1 / |s| for the targets j of subtask s.
+    averaging = torch.zeros((len(names), len(target_subtasks)), dtype=torch.float32)
+    for s, g in enumerate(groups):
+        averaging[s, torch.from_numpy(g)] = 1.0 / len(g)
+    averaging = averaging.to(device)
+    # M_i: per-subtask means of the unit-normalised targets, pre-scaled by w_i, [d_i, S].
+    subtask_means = []
+    for i, t in enumerate(targets):
+        t32 = _rows_to_fp32(t, device)
+        norms = torch.linalg.vector_norm(t32, dim=1)
+        _check_norms(norms, f"target features of snapshot {i}")
+        means = averaging @ (t32 / norms[:, None])
+        subtask_means.append((means * float(weights[i])).T.contiguous())
+
+    if block_size is None:
+        block_size = _auto_block_size(max(_shape2(p, "pool")[1] for p in pool))
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    reader = _BlockReader(pool, min(block_size, n), device)
+    if device.type == "cpu":
+        # On CPU the [B, d] @ [d, S] product goes through numpy: torch's MKL sgemm was
+        # 2x slower than numpy's OpenBLAS for this skinny shape on AMD EPYC
+        # (benchmarks/scoring.py); both are fp32.
+        subtask_means_np = [m.numpy() for m in subtask_means]
+
+    per_subtask = np.zeros((n, len(names)), dtype=np.float32)
+    with torch.no_grad():
+        for i, start, stop, x in reader.blocks(n):
+            norms = torch.linalg.vector_norm(x, dim=1)
+            _check_norms(norms, f"pool features of snapshot {i}", offset=start)
+            # (x / |x|) @ M_i == (x @ M_i) / |x|: saves a pass over the block.
+            if device.type == "cpu":
+                part = x.numpy() @ subtask_means_np[i]
+                part /= norms.numpy()[:, None]
+            else:
+                part = ((x @ subtask_means[i]) / norms[:, None]).cpu().numpy()
+            # Snapshots of a block arrive in order: the sum over i is accumulated in order.
+            per_subtask[start:stop] += part
+
+    if aggregation == "mean":
+        sizes = np.array([len(g) for g in groups], dtype=np.float64)
+        score = (per_subtask.astype(np.float64) @ (sizes / sizes.sum())).astype(np.float32)
+    else:
+        score = per_subtask.max(axis=1)
+    return InfluenceScores(
+        score=score,
+        per_subtask=per_subtask,
+        subtasks=names,
+        weights=tuple(float(w) for w in weights),
+        aggregation=aggregation,
+    )
+
+
+def cosine_scores(
+    pool: Any,
+    targets: Any,
+    target_subtasks: Sequence[str],
+    aggregation: str = "max_subtask_mean",
+    block_size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> InfluenceScores:
+    """Cosine scores with subtask aggregation for a single feature space (RDS, ALGORITHMS.md 3).
+
+    The same computation as :func:`influence_scores` with one snapshot of weight 1.
+
+    Args:
+        pool: ``[n, d]`` pool features (e.g. final-layer hidden states).
+        targets: ``[m, d]`` target features.
+        target_subtasks: ``m`` subtask labels.
+        aggregation: as in :func:`influence_scores`.
+        block_size: pool rows per block.
+        device: torch device.
+
+    Returns:
+        The :class:`InfluenceScores`.
+    """
+    return influence_scores([pool], [targets], [1.0], target_subtasks, aggregation, block_size, device)
