@@ -8,7 +8,7 @@ from lightning_less.modules.tiny import save_tiny_model
 from lightning_less.pipeline import FeatureSettings, SelectionSettings, TrainSettings, WarmupSettings
 
 
-def tiny_model(output: str, size: str = "tiny", seed: int = 0) -> None:
+def tiny_model(*, output: str, size: str = "tiny", seed: int = 0) -> None:
     """Build the offline tiny Llama-style model and tokenizer and save them to a directory.
 
     Args:
@@ -51,6 +51,7 @@ def demo(output: str = "demo_output", seed: int = 0, methods: list[str] | None =
 
 
 def pipeline(
+    *,
     pool: list[str],
     targets: list[str],
     output: str,
@@ -140,6 +141,7 @@ def inspect_selection(
 
 
 def select(
+    *,
     method: str,
     pool: list[str],
     output: str,
@@ -193,5 +195,78 @@ def select(
     print(f"selection written to {path} (scores.csv, selected.jsonl, manifest.json)")
 
 
+def compare(
+    *,
+    pool: list[str],
+    targets: list[str],
+    methods: list[str],
+    output: str,
+    fraction: float | None = None,
+    count: int | None = None,
+    seed: int = 0,
+    target_sources: list[str] | None = None,
+    target_form: str | None = None,
+    group_by_regex: str | None = None,
+    top_sources: int = 5,
+    pool_store: str | None = None,
+    target_store: str | None = None,
+    dim: int | None = None,
+    aggregation: str = "max_subtask_mean",
+    model: str | None = None,
+    trajectories: str | None = None,
+    max_length: int = 2048,
+    train: bool = False,
+    eval: list[str] | None = None,
+    train_settings: TrainSettings | None = None,
+    trainer: dict | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Run several selection methods on the same pool, targets and budget and compare their selections.
+
+    Writes ``<output>/selections/<method>`` (existing identical selections are reused) and
+    ``comparison.json``, ``comparison.csv``, ``comparison.md`` and ``comparison.png``: per
+    method the budget k, the target share, the pool's share, the top sources, the Jaccard
+    overlap between methods and, with ``--train true``, target loss and exact match.
+
+    Args:
+        pool: the pool's jsonl files.
+        targets: the target examples' jsonl files.
+        methods: methods to compare: ``less``, ``rds``, ``s2l``, ``random``, ``bm25``, ``dsir``, ``full``
+            (``full`` takes the whole pool).
+        output: the comparison directory.
+        fraction: budget as a fraction of the pool (default 0.05 when ``count`` is not given).
+        count: budget as a number of examples (instead of ``fraction``).
+        seed: seed of every sampled method and of training.
+        target_sources: pool ``source`` (``dataset``) values that count as the target task for
+            ``target_share``; default: the target records' own ``source`` values.
+        target_form: a regex searched in each ``source`` for an extra ``form_share`` column (e.g. ``_es$``).
+        group_by_regex: a regex whose first group in ``source`` names a group; adds per-group shares.
+        top_sources: how many of a selection's most frequent sources to list.
+        pool_store: LESS: the pool's ``adam`` gradient datastore.
+        target_store: LESS: the targets' ``sgd`` gradient datastore.
+        dim: LESS: which projected dim to use (default: the first).
+        aggregation: LESS / RDS: ``max_subtask_mean``, ``mean`` or ``round_robin``.
+        model: RDS: the model whose hidden states are compared; S2L: a proxy to train without
+            trajectories; training: the model trained on each selection.
+        trajectories: S2L: a loss-trajectory store.
+        max_length: truncation length in tokens (RDS, S2L proxy, training).
+        train: train on each selection and evaluate on ``eval`` (off by default).
+        eval: the target task's held-out examples (with ``train``).
+        train_settings: training settings (with ``train``).
+        trainer: extra Trainer arguments (S2L proxy, training).
+        overwrite: redo selections and trainings made with other settings instead of refusing.
+    """
+    from lightning_less.compare import compare_methods, print_comparison
+
+    result = compare_methods(pool, targets, methods, output, fraction=fraction, count=count, seed=seed,
+                             target_sources=target_sources, target_form=target_form, group_by_regex=group_by_regex,
+                             top_sources=top_sources, pool_store=pool_store, target_store=target_store, dim=dim,
+                             aggregation=aggregation, model=model, trajectories=trajectories, max_length=max_length,
+                             train=train, eval_files=eval, train_settings=train_settings, trainer=trainer,
+                             overwrite=overwrite)
+    print_comparison(result)
+
+
 COMMANDS = {"demo": demo, "pipeline": pipeline, "select": select, "tiny-model": tiny_model, "demo-data": demo_data,
-            "report": report, "inspect": inspect_selection}
+            "report": report, "inspect": inspect_selection,
+            "compare": compare}

@@ -79,6 +79,7 @@ def run_demo(output: str = "demo_output", seed: int = 0, methods: Sequence[str] 
     pool_files, targets, eval_files = data["pool"], [data["targets"]], [data["eval"]]
     pool = read_records(pool_files)
     target_task = task_of(read_records(targets)[0].source)
+    target_form = read_records(targets)[0].source.rsplit("_", 1)[1]
     train = TrainSettings(epochs=4, learning_rate=2e-3, lora_r=16, lora_alpha=32, lora_dropout=0.0, batch_size=8,
                           warmup_ratio=0.03, generation_max_new_tokens=4)
     max_length = 128
@@ -111,8 +112,11 @@ def run_demo(output: str = "demo_output", seed: int = 0, methods: Sequence[str] 
     for method in methods:
         sel = read_selection(selections[method])
         tasks = [task_of(pool[i].source) for i in sel.selected]
+        forms = [pool[i].source.rsplit("_", 1)[1] for i in sel.selected]
         table[method] = {
             "target_share": float(np.mean([t == target_task for t in tasks])),
+            # Share of the selection in the targets' surface form (whatever the task): what word overlap follows.
+            "surface_share": float(np.mean([f == target_form for f in forms])),
             "target_loss": results[method]["target_loss"],
             "target_exact_match": results[method]["target_exact_match"],
             "n_selected": int(len(sel.selected)),
@@ -127,10 +131,10 @@ def _print_table(table: dict, target_task: str, seconds: float, path: Path) -> N
     from rich.table import Table
 
     t = Table(title=f"lightning-less demo: target task '{target_task}' ({seconds:.0f} s)")
-    for col in ("method", "selected", "target_share", "target_loss", "target_exact_match"):
+    for col in ("method", "selected", "target_share", "surface_share", "target_loss", "target_exact_match"):
         t.add_column(col, justify="right" if col != "method" else "left")
     for method, row in table.items():
-        t.add_row(method, str(row["n_selected"]), f"{row['target_share']:.3f}", f"{row['target_loss']:.3f}",
+        t.add_row(method, str(row["n_selected"]), f"{row['target_share']:.3f}", f"{row['surface_share']:.3f}", f"{row['target_loss']:.3f}",
                   f"{row['target_exact_match']:.3f}")
     console = Console()
     console.print(t)

@@ -165,6 +165,17 @@ def run_features(files: Sequence[str], snapshots: Path, output: Path, feature: s
     from lightning_less.data.datamodule import InstructionDataModule
     from lightning_less.gradients.loop import GradientDumpLoop
 
+    from lightning_less.gradients.datastore import GradientDatastore
+
+    # The store itself resumes and refuses other settings; the marker only saves starting a Trainer.
+    marker = output.parent / f"{output.name}.step.json"
+    config = {"files": files_fingerprint(files), "snapshots": [_file_hash(p / "snapshot.json") + _file_hash(p / "adapter_model.safetensors")
+              for p in sorted(Path(snapshots).glob("epoch_*"))], "feature": feature, "model": model,
+              "max_length": max_length, **{k: v for k, v in asdict(settings).items() if k != "batch_size"}}
+    if marker.exists() and not overwrite and json.loads(marker.read_text()).get("fingerprint") == _fingerprint(config) \
+            and (output / "manifest.json").exists() and GradientDatastore.open(output).is_complete():
+        rank_zero_info(f"[skip] {feature} gradient features: {output} is complete")
+        return GradientDatastore.open(output)
     rank_zero_info(f"[2/4] {feature} gradient features of {', '.join(map(str, files))} -> {output}")
     data = InstructionDataModule(predict_files=list(files), tokenizer_name_or_path=model, max_length=max_length,
                                  eval_batch_size=settings.batch_size)
@@ -173,7 +184,9 @@ def run_features(files: Sequence[str], snapshots: Path, output: Path, feature: s
         projector=settings.projector, projector_seed=settings.projector_seed, model_name_or_path=model,
         store_dtype=settings.store_dtype, overwrite=overwrite, trainer_kwargs=trainer_kwargs,
     )
-    return loop.run(data)
+    store = loop.run(data)
+    marker.write_text(json.dumps({"fingerprint": _fingerprint(config), "settings": config}, indent=2, default=str))
+    return store
 
 
 def train_and_evaluate(selection_dir: Path, eval_files: Sequence[str] | None, output: Path, model: str,

@@ -74,7 +74,10 @@ class GradientFeatureModule(pl.LightningModule):
         dtype: base model dtype (see ``LoRAInstructionTuningModule``).
         store_dtype: ``float16`` (as the reference) or ``float32``.
         overwrite: replace an existing store built differently (a compatible one is resumed).
-        data_files: the data files hashed into the manifest (set by the CLI link or the pipeline).
+        projection_buffer_bytes: for projectors that cost a fixed time per call (TRAK's
+            ``BasicProjector`` regenerates its matrix on every call unless cached), collect
+            up to this many bytes of gradient rows before projecting them in one call. Rows
+            are marked done only once written, so an interrupted run recomputes them.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class GradientFeatureModule(pl.LightningModule):
         attn_implementation: str | None = None,
         store_dtype: str = "float16",
         overwrite: bool = False,
+        projection_buffer_bytes: int = 1 << 30,
     ) -> None:
         super().__init__()
         from peft import PeftModel
@@ -138,6 +142,9 @@ class GradientFeatureModule(pl.LightningModule):
         self.projectors: dict[int, Any] = {}
         self.store: GradientDatastore | None = None
         self.skip = False  # the store is already complete
+        self.projection_buffer_bytes = projection_buffer_bytes
+        self._pending: list[tuple[np.ndarray, dict[str, torch.Tensor]]] = []
+        self._pending_rows = 0
 
     @property
     def snapshot_names(self) -> list[str]:
@@ -156,6 +163,9 @@ class GradientFeatureModule(pl.LightningModule):
                               **self.projector_kwargs)
             for d in self.dims
         }
+        per_call = any(getattr(p, "regenerates_per_call", False) for p in self.projectors.values())
+        row_bytes = 4 * self.grads.numel * len(self.snapshots)
+        self.rows_per_call = max(1, self.projection_buffer_bytes // row_bytes) if per_call else 1
 
     def manifest(self, dataset) -> dict[str, Any]:
         """The store manifest: everything needed to refuse mixing incompatible stores."""
@@ -183,27 +193,63 @@ class GradientFeatureModule(pl.LightningModule):
             )
         if self.skip:
             return None
+        last = batch_idx + 1 >= self.trainer.num_predict_batches[dataloader_idx]
         index = batch["index"].cpu().numpy()
         todo = ~np.logical_and.reduce([self.store.done_mask(s)[index] for s in self.snapshot_names])
         if not todo.any():
-            return None
+            return self._buffer(None, {}, last)
         if not todo.all():
             keep = torch.as_tensor(np.flatnonzero(todo), device=batch["input_ids"].device)
             batch = {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
             index = index[todo]
-        features: dict[tuple[str, int], torch.Tensor] = {}
         params = dict(self.model.named_parameters())
+        chunked = all(p.supports_chunks for p in self.projectors.values())
+        rows: dict[str, torch.Tensor] = {}
+        features: dict[tuple[str, int], torch.Tensor] = {}
         with torch.enable_grad():
             for s, snap in enumerate(self.snapshots):
                 with torch.no_grad():
                     for n, w in self._weights[s].items():
                         params[n].copy_(w)
+                if chunked:
+                    # Stream parameter by parameter: Adam transform and projection per chunk, so the
+                    # full [B, P] gradient never exists (P = 2^27 on Llama-2-7B with r=128).
+                    for d, proj in self.projectors.items():
+                        features[snap.name, d] = torch.zeros(len(index), d, device=self.device)
+                    self.grads.compute_chunks(batch, lambda offset, g, s=s, snap=snap: self._consume(features, s, snap, offset, g))
+                    continue
                 grads, _ = self.grads.compute(batch)
                 if self.feature == "adam":
                     m, v = self._moments[s]
                     grads = adam_transform(grads, m, v, beta1=snap.betas[0], beta2=snap.betas[1], eps=snap.eps)
-                for d, proj in self.projectors.items():
-                    features[snap.name, d] = proj.project(grads).cpu()
+                rows[snap.name] = grads
+        if chunked:
+            return {"index": index, "features": {k: v.cpu() for k, v in features.items()}}
+        return self._buffer(index, rows, last)
+
+    def _consume(self, features: dict, s: int, snap: Snapshot, offset: int, g: torch.Tensor) -> None:
+        if self.feature == "adam":
+            m, v = self._moments[s]
+            n = g.shape[1]
+            g = adam_transform(g, m[offset : offset + n], v[offset : offset + n], beta1=snap.betas[0],
+                               beta2=snap.betas[1], eps=snap.eps)
+        for d, proj in self.projectors.items():
+            features[snap.name, d] += proj.project(g, offset)
+
+    def _buffer(self, index: np.ndarray | None, rows: dict[str, torch.Tensor], last: bool) -> dict | None:
+        """Collect rows until a projector call is worth it (TRAK regenerates its matrix per call)."""
+        if index is not None and len(index):
+            self._pending.append((index, rows))
+            self._pending_rows += len(index)
+        if not self._pending or (self._pending_rows < self.rows_per_call and not last):
+            return None
+        index = np.concatenate([i for i, _ in self._pending])
+        features = {}
+        for snap in self.snapshot_names:
+            stacked = torch.cat([r[snap] for _, r in self._pending])
+            for d, proj in self.projectors.items():
+                features[snap, d] = proj.project(stacked).cpu()
+        self._pending, self._pending_rows = [], 0
         return {"index": index, "features": features}
 
 

@@ -99,12 +99,23 @@ class Projector(ABC):
 
 
 class TrakBasicProjector(Projector):
-    """TRAK's ``BasicProjector`` exactly as the LESS reference constructs it (ALGORITHMS.md 1.2)."""
+    """TRAK's ``BasicProjector`` exactly as the LESS reference constructs it (ALGORITHMS.md 1.2).
+
+    TRAK regenerates its dense matrix block by block on *every* call, which dominates the
+    cost of the gradient pass (DESIGN.md "Speed"). When the whole matrix fits in
+    ``max_cache_bytes`` it is generated once, by TRAK's own code from TRAK's own generator
+    states, and kept; each call then runs the same per-block matmuls as TRAK, so the
+    output is bit-identical to an uncached TRAK call. Larger matrices are regenerated per
+    call as TRAK does (the same matrix either way).
+
+    Args:
+        max_cache_bytes: cache the generated matrix when it is at most this large (0: never).
+    """
 
     kind = "trak_basic"
 
     def __init__(self, grad_dim: int, proj_dim: int, seed: int = 0, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, block_size: int = 128) -> None:
+                 dtype: torch.dtype = torch.float32, block_size: int = 128, max_cache_bytes: int = 1 << 30) -> None:
         from trak.projectors import BasicProjector, ProjectionType
 
         super().__init__(grad_dim, proj_dim, seed, device, dtype)
@@ -113,9 +124,32 @@ class TrakBasicProjector(Projector):
             grad_dim=self.grad_dim, proj_dim=self.proj_dim, seed=self.seed, proj_type=ProjectionType.rademacher,
             device=self.device, block_size=block_size, dtype=dtype,
         )
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        # One block: TRAK itself keeps its matrix. Several: cache them when they fit.
+        self.cached = self._trak.num_blocks > 1 and self.grad_dim * self.proj_dim * itemsize <= max_cache_bytes
+        self.regenerates_per_call = self._trak.num_blocks > 1 and not self.cached
+        self._blocks: list[torch.Tensor] | None = None
+
+    def _matrix_blocks(self) -> list[torch.Tensor]:
+        if self._blocks is None:
+            trak = self._trak
+            blocks = []
+            for ind in range(trak.num_blocks):
+                trak.generate_sketch_matrix(trak.generator_states[ind])
+                width = min((ind + 1) * trak.block_size, self.proj_dim) - ind * trak.block_size
+                blocks.append(trak.proj_matrix[:, :width].clone())
+            self._blocks = blocks
+        return self._blocks
 
     def _project(self, grads: torch.Tensor, offset: int) -> torch.Tensor:
-        return self._trak.project(grads.to(self.device), model_id=0)
+        if not self.cached:
+            return self._trak.project(grads.to(self.device), model_id=0)
+        grads = grads.to(device=self.device, dtype=self.dtype)
+        sketch = torch.zeros((grads.size(0), self.proj_dim), dtype=self.dtype, device=self.device)
+        for ind, block in enumerate(self._matrix_blocks()):  # TRAK's per-block matmuls, same order
+            st = ind * self._trak.block_size
+            sketch[:, st : st + block.shape[1]] = grads @ block
+        return sketch
 
     def describe(self) -> dict[str, Any]:
         # The block structure and the generator's device type shape the matrix.

@@ -70,29 +70,35 @@ def test_features_equal_one_example_at_a_time(warm_run, tmp_path, feature, paddi
         np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max())
 
 
-def test_interrupted_run_resumes_to_identical_arrays(warm_run, tmp_path):
-    full = _loop(warm_run, tmp_path / "full").run(_data(warm_run, warm_run["pool"]))
+@pytest.mark.parametrize("buffered", [False, True], ids=["per-batch", "buffered-projection"])
+def test_interrupted_run_resumes_to_identical_arrays(warm_run, tmp_path, buffered):
+    kw = {}
+    if buffered:  # TRAK regenerating its matrix per call: rows are collected over batches first
+        snap = load_snapshot(list_snapshots(warm_run["snapshots"])[0])
+        row_bytes = 4 * sum(t.numel() for t in snap.exp_avg.values()) * 2  # fp32 x 2 snapshots
+        kw = {"dims": [256, 16], "projector_kwargs": {"max_cache_bytes": 0}, "projection_buffer_bytes": 6 * row_bytes}
+    full = _loop(warm_run, tmp_path / "full", **kw).run(_data(warm_run, warm_run["pool"]))
 
     class Kill(pl.Callback):
         def on_predict_batch_end(self, trainer, *args, **kwargs):
             if trainer.predict_loop.batch_progress.current.completed >= 3:
                 raise KeyboardInterrupt
 
-    loop = _loop(warm_run, tmp_path / "resumed")
+    loop = _loop(warm_run, tmp_path / "resumed", **kw)
     loop.trainer_kwargs["callbacks"] = [Kill()]
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         loop.run(_data(warm_run, warm_run["pool"]))
     partial = GradientDatastore.open(tmp_path / "resumed")
     assert not partial.is_complete() and 0 < partial.pending("epoch_000").size < partial.n_examples
     with pytest.raises(RuntimeError):
-        partial.features("epoch_000", 32)  # an unfinished store never reads as complete
-    resumed = _loop(warm_run, tmp_path / "resumed").run(_data(warm_run, warm_run["pool"]))
+        partial.features("epoch_000", 16)  # an unfinished store never reads as complete
+    resumed = _loop(warm_run, tmp_path / "resumed", **kw).run(_data(warm_run, warm_run["pool"]))
     for snap in full.snapshots:
         for dim in full.dims:
             np.testing.assert_array_equal(np.asarray(resumed.features(snap, dim)), np.asarray(full.features(snap, dim)))
     # Another batch size changes only floating-point summation order, never which rows are computed.
-    other = _loop(warm_run, tmp_path / "other").run(_data(warm_run, warm_run["pool"], batch_size=5))
-    got, want = np.asarray(other.features("epoch_001", 32)), np.asarray(full.features("epoch_001", 32))
+    other = _loop(warm_run, tmp_path / "other", **kw).run(_data(warm_run, warm_run["pool"], batch_size=5))
+    got, want = np.asarray(other.features("epoch_001", 16)), np.asarray(full.features("epoch_001", 16))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 

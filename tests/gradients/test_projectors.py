@@ -122,3 +122,18 @@ def test_sparse_jl_validates_arguments():
         make_projector("sparse_jl", 100, 8, sparsity=9)
     with pytest.raises(ValueError, match="positive"):
         make_projector("sparse_jl", 0, 8)
+
+
+def test_trak_basic_cached_matrix_is_bit_identical_to_trak():
+    from trak.projectors import BasicProjector, ProjectionType
+
+    g = torch.randn(5, 3000, generator=torch.Generator().manual_seed(1))
+    cached = make_projector("trak_basic", 3000, 300)
+    uncached = make_projector("trak_basic", 3000, 300, max_cache_bytes=0)
+    assert cached.cached and not uncached.cached
+    direct = BasicProjector(grad_dim=3000, proj_dim=300, seed=0, proj_type=ProjectionType.rademacher, device="cpu",
+                            block_size=128, dtype=torch.float32).project(g, model_id=0)
+    assert torch.equal(cached.project(g), direct)
+    assert torch.equal(cached.project(g), direct)  # the cache is reused, not regenerated differently
+    assert torch.equal(uncached.project(g), direct)
+    assert cached.describe() == uncached.describe()  # same matrix: same store compatibility
