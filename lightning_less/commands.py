@@ -197,8 +197,8 @@ def select(
 
 def compare(
     *,
-    pool: list[str],
-    targets: list[str],
+    pool: list[str] | str,
+    targets: list[str] | str,
     methods: list[str],
     output: str,
     fraction: float | None = None,
@@ -216,7 +216,7 @@ def compare(
     trajectories: str | None = None,
     max_length: int = 2048,
     train: bool = False,
-    eval: list[str] | None = None,
+    eval: list[str] | str | None = None,
     train_settings: TrainSettings | None = None,
     trainer: dict | None = None,
     overwrite: bool = False,
@@ -229,9 +229,9 @@ def compare(
     overlap between methods and, with ``--train true``, target loss and exact match.
 
     Args:
-        pool: the pool's jsonl files.
-        targets: the target examples' jsonl files.
-        methods: methods to compare: ``less``, ``rds``, ``s2l``, ``random``, ``bm25``, ``dsir``, ``full``
+        pool: the pool's jsonl file(s) (``--pool a.jsonl`` or ``--pool '[a.jsonl,b.jsonl]'``).
+        targets: the target examples' jsonl file(s).
+        methods: methods to compare (``--methods '[random,bm25,dsir]'``): ``less``, ``rds``, ``s2l``, ``random``, ``bm25``, ``dsir``, ``full``
             (``full`` takes the whole pool).
         output: the comparison directory.
         fraction: budget as a fraction of the pool (default 0.05 when ``count`` is not given).

@@ -72,10 +72,19 @@ def run_demo(output: str = "demo_output", seed: int = 0, methods: Sequence[str] 
     if unknown:
         raise ValueError(f"unknown demo methods {unknown}: choose from {list(DEMO_METHODS)}")
     start = time.time()
+    timings: dict[str, float] = {}
+
+    def lap(name: str, since: list[float] = [start]) -> None:
+        now = time.time()
+        timings[name] = round(now - since[0], 2)
+        since[0] = now
+
     out = Path(output)
     data = generate_demo_data(out / "data", seed=seed, pool_size=pool_size)
     pretrain = generate_pretraining_data(out / "data" / "pretrain.jsonl", seed=seed)
+    lap("data")
     base = build_base_model(out / "base", pretrain, seed)
+    lap("base_model")
     pool_files, targets, eval_files = data["pool"], [data["targets"]], [data["eval"]]
     pool = read_records(pool_files)
     target_task = task_of(read_records(targets)[0].source)
@@ -96,6 +105,7 @@ def run_demo(output: str = "demo_output", seed: int = 0, methods: Sequence[str] 
         )
         selections["less"] = Path(res["selection"])
         results["less"] = res["train"]
+        lap("less")
     from lightning_less.selection.runner import run_selection
 
     for method in methods:
@@ -104,8 +114,10 @@ def run_demo(output: str = "demo_output", seed: int = 0, methods: Sequence[str] 
         selections[method] = run_selection(method, pool_files, targets, out / "selections" / method, model=base,
                                            fraction=1.0 if method == "full" else fraction, seed=seed,
                                            max_length=max_length, trainer=TRAINER)
+        lap(f"{method}_select")
         results[method] = train_and_evaluate(selections[method], eval_files, out / "train" / method, base, train,
                                              max_length, seed, TRAINER)
+        lap(f"{method}_train")
     from lightning_less.selection.outputs import read_selection
 
     table = {}
@@ -122,6 +134,8 @@ def run_demo(output: str = "demo_output", seed: int = 0, methods: Sequence[str] 
             "n_selected": int(len(sel.selected)),
         }
     (out / "results.json").write_text(json.dumps(table, indent=2))
+    timings["total"] = round(time.time() - start, 2)
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))
     _print_table(table, target_task, time.time() - start, out / "results.json")
     return table
 

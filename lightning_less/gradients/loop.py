@@ -203,7 +203,7 @@ class GradientFeatureModule(pl.LightningModule):
             batch = {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
             index = index[todo]
         params = dict(self.model.named_parameters())
-        chunked = all(p.supports_chunks for p in self.projectors.values())
+        chunked = all(hasattr(p, "accumulate") for p in self.projectors.values())
         rows: dict[str, torch.Tensor] = {}
         features: dict[tuple[str, int], torch.Tensor] = {}
         with torch.enable_grad():
@@ -214,9 +214,10 @@ class GradientFeatureModule(pl.LightningModule):
                 if chunked:
                     # Stream parameter by parameter: Adam transform and projection per chunk, so the
                     # full [B, P] gradient never exists (P = 2^27 on Llama-2-7B with r=128).
+                    acc = {d: torch.zeros(d, len(index), device=self.device) for d in self.projectors}
+                    self.grads.compute_chunks(batch, lambda offset, g, s=s, snap=snap: self._consume(acc, s, snap, offset, g))
                     for d, proj in self.projectors.items():
-                        features[snap.name, d] = torch.zeros(len(index), d, device=self.device)
-                    self.grads.compute_chunks(batch, lambda offset, g, s=s, snap=snap: self._consume(features, s, snap, offset, g))
+                        features[snap.name, d] = proj.finish(acc[d])
                     continue
                 grads, _ = self.grads.compute(batch)
                 if self.feature == "adam":
@@ -227,14 +228,14 @@ class GradientFeatureModule(pl.LightningModule):
             return {"index": index, "features": {k: v.cpu() for k, v in features.items()}}
         return self._buffer(index, rows, last)
 
-    def _consume(self, features: dict, s: int, snap: Snapshot, offset: int, g: torch.Tensor) -> None:
+    def _consume(self, features: dict[int, torch.Tensor], s: int, snap: Snapshot, offset: int, g: torch.Tensor) -> None:
         if self.feature == "adam":
             m, v = self._moments[s]
             n = g.shape[1]
             g = adam_transform(g, m[offset : offset + n], v[offset : offset + n], beta1=snap.betas[0],
                                beta2=snap.betas[1], eps=snap.eps)
         for d, proj in self.projectors.items():
-            features[snap.name, d] += proj.project(g, offset)
+            proj.accumulate(features[d], g, offset)
 
     def _buffer(self, index: np.ndarray | None, rows: dict[str, torch.Tensor], last: bool) -> dict | None:
         """Collect rows until a projector call is worth it (TRAK regenerates its matrix per call)."""

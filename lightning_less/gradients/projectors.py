@@ -260,10 +260,22 @@ class SparseJLProjector(Projector):
         return h.hexdigest()
 
     def _project(self, grads: torch.Tensor, offset: int) -> torch.Tensor:
-        grads = grads.to(self.device, self.dtype)
         # Accumulate into [d, B] so each scattered update is a contiguous row of B values.
         out = torch.zeros(self.proj_dim, grads.shape[0], dtype=self.dtype, device=self.device)
-        end = offset + grads.shape[1]
+        self.accumulate(out, grads, offset)
+        return self.finish(out)
+
+    def accumulate(self, out: torch.Tensor, grads: torch.Tensor, offset: int) -> None:
+        """Add the (unscaled) projection of gradient columns ``offset:offset+n`` into ``out`` [d, B].
+
+        Streaming many chunks of one gradient into one buffer avoids an allocation and a
+        transpose per chunk; call :meth:`finish` once at the end.
+        """
+        n = grads.shape[1]
+        if offset < 0 or offset + n > self.grad_dim:
+            raise ValueError(f"columns {offset}:{offset + n} are outside grad_dim {self.grad_dim}")
+        grads = grads.to(self.device, self.dtype)
+        end = offset + n
         pos = offset
         while pos < end:
             g, start = divmod(pos, self.GROUP)
@@ -273,7 +285,10 @@ class SparseJLProjector(Projector):
             for k in range(self.sparsity):
                 out.index_add_(0, rows[k, start:stop], cols * signs[k, start:stop, None])
             pos += stop - start
-        return out.t().mul_(1.0 / math.sqrt(self.sparsity))
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        """The [B, d] float32 projection from an :meth:`accumulate` buffer."""
+        return out.t().mul(1.0 / math.sqrt(self.sparsity)).float()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "sparsity": self.sparsity, "construction": "block", "group": self.GROUP,

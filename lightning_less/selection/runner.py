@@ -7,6 +7,7 @@ every method's output is written by the same :func:`write_selection`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -47,17 +48,19 @@ def s2l_trajectories(model_name_or_path: str, pool_files: Sequence[str], output:
     """Train a proxy on the whole pool, recording loss trajectories at each epoch end (ALGORITHMS.md 2)."""
     import lightning.pytorch as pl
 
-    from lightning_less.callbacks.trajectory import LossTrajectoryCallback, TrajectoryStore
+    from lightning_less.callbacks.trajectory import LossTrajectoryCallback, TrajectoryStore, check_trajectory_data
     from lightning_less.data.datamodule import InstructionDataModule
     from lightning_less.modules.lora import LoRAInstructionTuningModule
 
     store = TrajectoryStore(output)
     if (output / "manifest.json").exists():
         traj, manifest = store.read()
-        if manifest["data"] == files_fingerprint(pool_files):
-            rank_zero_info(f"[skip] S2L trajectories: {output} exists")
-            return traj
-        raise ValueError(f"{output} holds trajectories of other data; remove it or choose another directory")
+        try:
+            check_trajectory_data(manifest, pool_files)
+        except ValueError as e:
+            raise ValueError(f"{output}: {e}; remove it or choose another directory") from None
+        rank_zero_info(f"[skip] S2L trajectories: {output} exists")
+        return traj
     pl.seed_everything(seed, verbose=False)
     module = LoRAInstructionTuningModule(model_name_or_path=model_name_or_path, use_lora=False, learning_rate=learning_rate,
                                          scheduler="cosine", warmup_ratio=0.03, seed=seed, exact_match=False)
@@ -129,13 +132,19 @@ def run_selection(
         raise ValueError(f"method {method!r} needs target examples (targets=...)")
     k = resolve_budget(len(pool), fraction=fraction, count=count)
     output = Path(output)
+    # Everything that determines the selection besides the pool (checked by hash) and the budget.
+    request = {"method": method, "seed": seed, "k": k, "targets": files_fingerprint(target_files) if target_files else [],
+               "pool_store": str(pool_store) if pool_store else None, "target_store": str(target_store) if target_store else None,
+               "dim": dim, "aggregation": aggregation, "model": model, "trajectories": str(trajectories) if trajectories else None,
+               "n_clusters": n_clusters, "stratify_by_source": stratify_by_source, "max_length": max_length}
+    request = json.loads(json.dumps(request))
     if (output / "manifest.json").exists() and not overwrite:
         sel = read_selection(output, pool)  # raises if the pool changed since
-        if sel.manifest["method"] == method and sel.manifest.get("seed") == seed and len(sel.selected) == k:
+        if sel.manifest.get("params", {}).get("request") == request:
             rank_zero_info(f"[skip] {method} selection: {output} exists")
             return output
-        raise FileExistsError(f"{output} holds another selection ({sel.manifest['method']}, k={len(sel.selected)}); "
-                              "pass overwrite=True or choose another output")
+        raise FileExistsError(f"{output} holds a selection made differently ({sel.manifest['method']}, "
+                              f"k={len(sel.selected)}); pass overwrite=True or choose another output")
     rank_zero_info(f"{method}: selecting {k} of {len(pool)} pool examples -> {output}")
     subtasks = [t.subtask or t.source for t in targets]
     inputs: dict = {"targets": files_fingerprint(target_files)} if target_files else {}
@@ -179,15 +188,17 @@ def run_selection(
             trajectories = output.parent / f"{output.name}_proxy"
             traj = s2l_trajectories(model, pool_files, Path(trajectories), max_length, seed, trainer=trainer)
         else:
-            from lightning_less.callbacks.trajectory import TrajectoryStore
+            from lightning_less.callbacks.trajectory import TrajectoryStore, check_trajectory_data
 
-            traj, manifest = TrajectoryStore(trajectories).read()
-            if manifest["data"] != files_fingerprint(pool_files):
-                raise ValueError(f"{trajectories} holds trajectories of other data than {list(pool_files)}")
+            traj, manifest = TrajectoryStore(trajectories).read()  # NaN rows (no response token) are excluded below
+            try:
+                check_trajectory_data(manifest, pool_files, len(pool))
+            except ValueError as e:
+                raise ValueError(f"{trajectories}: {e}") from None
         sources = [r.source for r in pool] if stratify_by_source else None
         result = SELECTORS["s2l"](traj, k, n_clusters=min(n_clusters, len(pool)), seed=seed, sources=sources)
         inputs["trajectories"] = str(trajectories)
     write_selection(output, pool, result.selected, result.scores, method, budget_info(len(pool), fraction, count),
-                    seed=seed, inputs=inputs, params={**result.params, **params}, per_subtask=result.per_subtask,
+                    seed=seed, inputs=inputs, params={**result.params, **params, "request": request}, per_subtask=result.per_subtask,
                     overwrite=overwrite)
     return output
