@@ -19,6 +19,7 @@ _EXPORTS = {
     "GradientFeatureCallback": "lightning_less.callbacks.snapshot",
     "load_snapshot": "lightning_less.callbacks.snapshot",
     "LossTrajectoryCallback": "lightning_less.callbacks.trajectory",
+    "LossTrajectoryModule": "lightning_less.callbacks.trajectory",
     "GradientDumpLoop": "lightning_less.gradients.loop",
     "GradientFeatureModule": "lightning_less.gradients.loop",
     "GradientDatastore": "lightning_less.gradients.datastore",
@@ -44,7 +45,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_less.callbacks.snapshot import GradientFeatureCallback, load_snapshot
-    from lightning_less.callbacks.trajectory import LossTrajectoryCallback
+    from lightning_less.callbacks.trajectory import LossTrajectoryCallback, LossTrajectoryModule
     from lightning_less.data.datamodule import InstructionDataModule, InstructionDataset
     from lightning_less.data.records import Record, RecordError, read_records
     from lightning_less.gradients.datastore import GradientDatastore

@@ -81,7 +81,7 @@ def run_demo(output: str = "demo_output", seed: int = 0, methods: Sequence[str] 
 
     out = Path(output)
     data = generate_demo_data(out / "data", seed=seed, pool_size=pool_size)
-    pretrain = generate_pretraining_data(out / "data" / "pretrain.jsonl", seed=seed)
+    pretrain = generate_pretraining_data(out / "data" / "pretrain.jsonl", seed=seed, n=2000)
     lap("data")
     base = build_base_model(out / "base", pretrain, seed)
     lap("base_model")

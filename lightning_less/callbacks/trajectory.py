@@ -138,6 +138,8 @@ class TrajectoryStore:
         """The trajectories and the manifest; raises if the store is missing or unfinished."""
         if not (self.path / "manifest.json").exists():
             raise FileNotFoundError(f"{self.path} is not a trajectory store (no manifest.json)")
+        if (self.path / "trajectories.npy").exists():
+            raise ValueError(f"{self.path} is a trajectory store of an older format (trajectories.npy); record it again")
         store = self.open()
         if not store.is_complete():
             pending = {s: int(store.pending(s).size) for s in store.snapshots}
@@ -236,8 +238,6 @@ def checkpoint_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} holds no weight files (*.safetensors / *.bin)")
     info = {"name": path.name, "kind": kind, "global_step": _checkpoint_step(path),
             "weights_sha256": {p.name: file_sha256(p) for p in weights}}
-    if kind == "adapter":
-        info["adapter_config"] = _adapter_config(path)
     return info
 
 
@@ -295,13 +295,13 @@ class LossTrajectoryModule(pl.LightningModule):
         self.dtype_name = dtype
         first = self.checkpoint_dirs[0]
         if self.kind == "full":
-            self.base_model = None
+            self.base_model = self.adapter_config = None
             self.model = load_causal_lm(str(first), dtype=dtype, attn_implementation=attn_implementation)
             names_to_swap = [n for n, _ in self.model.named_parameters()]
         else:
             from peft import PeftModel
 
-            config = _adapter_config(first)
+            self.adapter_config = config = _adapter_config(first)
             for p in self.checkpoint_dirs[1:]:
                 if _adapter_config(p) != config:
                     raise ValueError(f"adapter {p} has another config than {first}; all adapters must share one")
@@ -364,6 +364,7 @@ class LossTrajectoryModule(pl.LightningModule):
             "source": "checkpoints",
             "checkpoint_kind": self.kind,
             "base_model": self.base_model,
+            "adapter_config": self.adapter_config,
             "model_dtype": self.dtype_name,
             "checkpoints": [checkpoint_fingerprint(p) for p in self.checkpoint_dirs],
             "steps": [_checkpoint_step(p) for p in self.checkpoint_dirs],
@@ -418,7 +419,8 @@ class TrajectoryWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: LossTrajectoryModule) -> None:
         dataset = trainer.datamodule._dataset("predict") if trainer.datamodule is not None else trainer.predict_dataloaders.dataset
-        manifest = pl_module.manifest(dataset)
+        # Rank 0 hashes the checkpoints' weights; every rank then writes the same manifest.
+        manifest = trainer.strategy.broadcast(pl_module.manifest(dataset) if trainer.is_global_zero else None, src=0)
         n = len(dataset.records)
         out, names = pl_module.output_dir, pl_module.checkpoint_names
         skip, error = False, None
@@ -432,10 +434,12 @@ class TrajectoryWriter(BasePredictionWriter):
         skip, error = trainer.strategy.broadcast((skip, error), src=0)
         if error:
             raise ValueError(error)
-        path = out if trainer.world_size == 1 else self.shard_dir(out, trainer.global_rank, trainer.world_size)
-        store = GradientDatastore.create(path, manifest, names, [LOSS_DIM], n, dtype="float32", overwrite=pl_module.overwrite)
-        pl_module.store = store
-        pl_module.skip = skip or store.is_complete()
+        pl_module.skip = bool(skip)
+        if not skip:  # one process: the store itself (resumed if compatible); DDP: this rank's shard
+            path = out if trainer.world_size == 1 else self.shard_dir(out, trainer.global_rank, trainer.world_size)
+            pl_module.store = store = GradientDatastore.create(path, manifest, names, [LOSS_DIM], n, dtype="float32",
+                                                               overwrite=pl_module.overwrite)
+            pl_module.skip = store.is_complete()
         if pl_module.skip:
             rank_zero_info(f"trajectory store {out} is already complete: nothing to do")
             return
@@ -551,7 +555,7 @@ class LossTrajectoryCallback(_Schedule, Callback):
         steps: also record after these optimizer steps.
         at_epoch_end: also record at each training epoch end.
         batch_size: batch size of the loss pass (default: the datamodule's eval batch size).
-        overwrite: replace an existing store at ``output_dir``.
+        overwrite: replace an existing store at ``output_dir`` (otherwise training refuses to start).
     """
 
     def __init__(self, output_dir: str, every_n_steps: int = 0, at_epoch_end: bool = True, batch_size: int | None = None,
@@ -578,8 +582,11 @@ class LossTrajectoryCallback(_Schedule, Callback):
                 self._ds = InstructionDataset(dm.train_files, dm.tokenizer, max_length=dm.max_length, template=dm.template)
         return self._ds
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._ds = None  # the pool of this run's datamodule
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and (Path(self.output_dir) / "manifest.json").exists() and not self.overwrite:
+        if (Path(self.output_dir) / "manifest.json").exists() and not self.overwrite:
             raise FileExistsError(f"{self.output_dir} already holds a store; pass overwrite=True to replace it")
 
     @torch.no_grad()
@@ -620,10 +627,11 @@ class LossTrajectoryCallback(_Schedule, Callback):
             return
         ds = self._dataset(trainer)
         names = [step_dirname(s) for s in self.steps]
+        hparams = getattr(pl_module, "hparams", None) or {}
         manifest = {
             "loss": LOSS_DEFINITION,
             "source": "training",
-            "model": getattr(getattr(pl_module, "hparams", {}), "get", lambda *_: None)("model_name_or_path"),
+            "model": hparams.get("model_name_or_path"),
             "checkpoints": [{"name": n, "global_step": s, "epoch": e} for n, s, e in zip(names, self.steps, self.epochs)],
             "steps": list(self.steps),
             "data": data_manifest(ds),

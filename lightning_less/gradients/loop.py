@@ -271,16 +271,28 @@ class DatastoreWriter(BasePredictionWriter):
         manifest = pl_module.manifest(dataset)
         n = len(dataset.records)
         out = pl_module.output_dir
-        skip = False
-        if trainer.world_size > 1 and trainer.is_global_zero and (out / "manifest.json").exists():
+        if trainer.world_size > 1:
             # An earlier merged store: refused when built differently, reused only when complete.
-            skip = GradientDatastore.create(out, manifest, pl_module.snapshot_names, pl_module.dims, n,
-                                            dtype=pl_module.store_dtype, overwrite=pl_module.overwrite).is_complete()
-        skip = bool(trainer.strategy.broadcast(skip, src=0))
+            # Rank 0 decides and every rank learns the outcome, so a refusal cannot leave ranks waiting.
+            verdict: tuple[bool, str | None] = (False, None)
+            if trainer.is_global_zero and (out / "manifest.json").exists():
+                try:
+                    verdict = (GradientDatastore.create(out, manifest, pl_module.snapshot_names, pl_module.dims, n,
+                                                        dtype=pl_module.store_dtype,
+                                                        overwrite=pl_module.overwrite).is_complete(), None)
+                except (ValueError, FileExistsError) as err:
+                    verdict = (False, str(err))
+            skip, error = trainer.strategy.broadcast(verdict, src=0)
+            if error:
+                raise ValueError(error)
+            if skip:
+                pl_module.skip = True
+                rank_zero_info(f"gradient datastore {out} is already complete: nothing to do")
+                return
         store = GradientDatastore.create(self._shard_dir(pl_module, trainer), manifest, pl_module.snapshot_names,
                                          pl_module.dims, n, dtype=pl_module.store_dtype, overwrite=pl_module.overwrite)
         pl_module.store = store
-        pl_module.skip = skip or store.is_complete()
+        pl_module.skip = store.is_complete()
         if pl_module.skip:
             rank_zero_info(f"gradient datastore {out} is already complete: nothing to do")
             return
