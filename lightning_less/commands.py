@@ -35,7 +35,8 @@ def demo_data(output: str = "demo_data", seed: int = 0, pool_size: int = 2400) -
         print(f"{key}: {value}")
 
 
-def demo(output: str = "demo_output", seed: int = 0, methods: list[str] | None = None) -> None:
+def demo(output: str = "demo_output", seed: int = 0, methods: list[str] | None = None,
+         target_task: str = "last_letter") -> None:
     """Run the built-in demo: the whole LESS pipeline and the baselines on generated data, on CPU.
 
     Prints a table and writes ``<output>/results.json``.
@@ -44,10 +45,11 @@ def demo(output: str = "demo_output", seed: int = 0, methods: list[str] | None =
         output: the run directory (finished steps found there are skipped).
         seed: seed of the data, the warmup sample, every sampled method and training.
         methods: methods to run (default: less, random, bm25, dsir, rds, s2l, full).
+        target_task: the demo task the targets come from (``last_letter``, ``first_letter``, ``uppercase``, ...).
     """
     from lightning_less.demo import DEMO_METHODS, run_demo
 
-    run_demo(output, seed=seed, methods=tuple(methods or DEMO_METHODS))
+    run_demo(output, seed=seed, methods=tuple(methods or DEMO_METHODS), target_task=target_task)
 
 
 def pipeline(
@@ -146,7 +148,7 @@ def select(
     pool: list[str],
     output: str,
     targets: list[str] | None = None,
-    fraction: float | None = 0.05,
+    fraction: float | None = None,
     count: int | None = None,
     seed: int = 0,
     pool_store: str | None = None,
@@ -170,7 +172,7 @@ def select(
         pool: the pool's jsonl files (one global selection over all of them).
         output: the selection directory (an existing different selection is refused).
         targets: target examples (jsonl with a ``subtask`` field); needed by less, rds, bm25, dsir.
-        fraction: budget as a fraction of the pool (LESS: 0.05).
+        fraction: budget as a fraction of the pool (default 0.05, as LESS).
         count: budget as a number of examples (instead of ``fraction``).
         seed: seed of sampled methods (random, s2l, dsir with Gumbel).
         pool_store: LESS: the pool's ``adam`` gradient datastore.
@@ -186,8 +188,6 @@ def select(
     """
     from lightning_less.selection.runner import run_selection
 
-    if fraction is not None and count is not None and fraction == 0.05:
-        fraction = None  # an explicit count replaces the default fraction
     path = run_selection(method, pool, targets, output, fraction=fraction, count=count, seed=seed, pool_store=pool_store,
                          target_store=target_store, dim=dim, aggregation=aggregation, model=model,
                          trajectories=trajectories, n_clusters=n_clusters, stratify_by_source=stratify_by_source,

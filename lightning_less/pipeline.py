@@ -63,8 +63,10 @@ class FeatureSettings:
 class SelectionSettings:
     """LESS step 3 (ALGORITHMS.md 1.3)."""
 
-    fraction: float | None = 0.05
+    fraction: float | None = None
+    """Budget as a fraction of the pool (default 0.05 when ``count`` is not given)."""
     count: int | None = None
+    """Budget as a number of examples."""
     dim: int | None = None
     """Which projected dim to score with (default: the first)."""
     aggregation: str = "max_subtask_mean"

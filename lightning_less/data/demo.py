@@ -4,7 +4,7 @@ Every task exists in two surface forms: English instructions and the same instru
 in Spanish. Word overlap therefore follows the surface form (all Spanish examples share
 words such as "de", "la", "palabra") while the task structure (what the answer is made
 of) follows the task. The targets are held-out examples of one task in one surface form
-(by default: ``first_letter`` in Spanish), so a method that follows task structure picks
+(the demo uses ``last_letter`` in Spanish), so a method that follows task structure picks
 the target task in both languages, and one that follows words picks Spanish examples.
 
 Files are written in the three record formats a user would bring (Tülu ``messages``,
@@ -77,16 +77,19 @@ def generate_demo_data(
     output: str | Path,
     seed: int = 0,
     pool_size: int = 2400,
-    target_task: str = "first_letter",
+    target_task: str = "last_letter",
     target_form: str = "es",
     n_targets: int = 8,
     n_eval: int = 64,
     target_pool_share: float = 0.05,
+    target_form_share: float = 0.2,
 ) -> dict[str, list[str] | str]:
     """Write the demo's pool (3 files, 3 formats), targets, and held-out evaluation set.
 
     The pool holds every task in both surface forms; the target task makes up
-    ``target_pool_share`` of it. Targets and evaluation examples are the target task in
+    ``target_pool_share`` of it, of which only ``target_form_share`` is in the targets'
+    surface form (as in the LESS paper's TydiQA case, where the target language is rare in
+    the pool but the task is common in English). Targets and evaluation examples are the target task in
     the target form, disjoint from the pool's prompts.
 
     Returns:
@@ -102,8 +105,10 @@ def generate_demo_data(
     n_target = max(2, int(round(pool_size * target_pool_share)))
     others = [t for t in TASKS if t != target_task]
     pool: list[tuple[str, str, str, str]] = []  # (task, form, prompt, answer)
+    other_form = "en" if target_form == "es" else "es"
+    n_in_form = max(1, int(round(n_target * target_form_share)))
     for i in range(n_target):
-        form = "en" if i % 2 == 0 else "es"
+        form = target_form if i < n_in_form else other_form
         pool.append((target_task, form, *make_example(target_task, form, rng)))
     for i in range(pool_size - n_target):
         task = others[i % len(others)]
@@ -146,7 +151,7 @@ def generate_demo_data(
     return {"pool": [str(f) for f in files], "targets": str(paths["targets"]), "eval": str(paths["eval"])}
 
 
-def generate_pretraining_data(path: str | Path, seed: int = 0, n: int = 3000, exclude_task: str = "first_letter") -> str:
+def generate_pretraining_data(path: str | Path, seed: int = 0, n: int = 3000, exclude_task: str = "last_letter") -> str:
     """A "pretraining" corpus for the demo's base model: every task but the target task, both forms.
 
     Stands in for a pretrained LLM that knows the instruction format but not the target task.

@@ -100,7 +100,7 @@ def run_selection(
     pool_files: Sequence[str],
     target_files: Sequence[str] | None,
     output: str | Path,
-    fraction: float | None = 0.05,
+    fraction: float | None = None,
     count: int | None = None,
     seed: int = 0,
     pool_store: str | Path | None = None,
@@ -117,6 +117,9 @@ def run_selection(
 ) -> Path:
     """Select a budget of the pool with ``method`` and write the selection directory ``output``.
 
+    The budget is ``fraction`` of the pool or ``count`` examples (default: 5%, the whole
+    pool for ``full``).
+
     An existing selection made the same way (method, seed, budget, unchanged pool) is
     reused; any other existing selection is refused unless ``overwrite``.
     """
@@ -126,6 +129,8 @@ def run_selection(
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: expected one of {METHODS}")
+    if fraction is None and count is None:
+        fraction = 1.0 if method == "full" else 0.05  # LESS's default budget
     pool = read_records(pool_files)
     targets = read_records(target_files) if target_files else []
     if method in ("less", "rds", "bm25", "dsir") and not targets:

@@ -148,3 +148,24 @@ def test_two_process_gloo_store_equals_one_process(warm_run, tmp_path):
             want = np.asarray(single.features(snap, dim))
             np.testing.assert_allclose(np.asarray(merged.features(snap, dim)), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     assert merged.manifest["projector"] == single.manifest["projector"]
+
+
+def test_other_dims_are_refused_and_scoring_refuses_mixed_projectors(warm_run, tmp_path):
+    from lightning_less.selection.runner import run_selection
+
+    _loop(warm_run, tmp_path / "s", dims=[16]).run(_data(warm_run, warm_run["targets"]))
+    with pytest.raises(ValueError, match="dims"):
+        _loop(warm_run, tmp_path / "s", dims=[32]).run(_data(warm_run, warm_run["targets"]))
+    # Pool and targets projected with different matrices must never be compared.
+    _loop(warm_run, tmp_path / "pool", dims=[16], projector="sparse_jl").run(_data(warm_run, warm_run["pool"]))
+    with pytest.raises(ValueError, match="projector"):
+        run_selection("less", [warm_run["pool"]], [warm_run["targets"]], tmp_path / "sel", count=3,
+                      pool_store=tmp_path / "pool", target_store=tmp_path / "s")
+    assert not (tmp_path / "sel").exists()
+    # With matching stores the selection works, and the feature kinds are checked too.
+    _loop(warm_run, tmp_path / "targets_sparse", feature="sgd", dims=[16], projector="sparse_jl").run(_data(warm_run, warm_run["targets"]))
+    run_selection("less", [warm_run["pool"]], [warm_run["targets"]], tmp_path / "sel", count=3,
+                  pool_store=tmp_path / "pool", target_store=tmp_path / "targets_sparse")
+    with pytest.raises(ValueError, match="adam pool store and an sgd target store"):
+        run_selection("less", [warm_run["pool"]], [warm_run["targets"]], tmp_path / "sel2", count=3,
+                      pool_store=tmp_path / "targets_sparse", target_store=tmp_path / "pool")
