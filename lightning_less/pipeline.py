@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
-import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_less.data.records import files_fingerprint, read_records
+from lightning_less.data.records import files_fingerprint
 
 STEP_FILE = "step.json"
 

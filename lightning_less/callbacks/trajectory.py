@@ -2,7 +2,7 @@
 
 Two ways to record them, one store format:
 
-* :class:`LossTrajectoryModule` (+ :class:`TrajectoryWriter`) computes them afterwards from
+* :class:`LossTrajectoryModule` (+ the shared :class:`~lightning_less.gradients.writer.ShardedStoreWriter`) computes them afterwards from
   saved checkpoints (full models saved with ``save_pretrained``, or PEFT adapter dirs on a
   base model) in one ``trainer.predict`` pass over padded batches. It resumes (a done mask
   per checkpoint), shards under DDP (each rank writes ``<output>.shards/rank_<r>_of_<w>``,
@@ -27,19 +27,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 
 from lightning_less.data.records import file_sha256
 from lightning_less.gradients.datastore import GradientDatastore
+from lightning_less.gradients.writer import ShardedStoreWriter
 from lightning_less.modules.losses import per_example_loss
 
 FEATURE_KIND = "loss"
@@ -53,7 +53,6 @@ __all__ = [
     "LossTrajectoryModule",
     "SavePretrainedCallback",
     "TrajectoryStore",
-    "TrajectoryWriter",
     "compute_trajectories",
     "example_losses",
     "record_losses",
@@ -316,7 +315,7 @@ class LossTrajectoryModule(pl.LightningModule):
         self._active: int | None = None
         self.store: GradientDatastore | None = None
         self.skip = False
-        self._done: dict[str, np.ndarray] = {}
+        self.done: dict[str, np.ndarray] = {}
 
     @property
     def checkpoint_names(self) -> list[str]:
@@ -344,7 +343,11 @@ class LossTrajectoryModule(pl.LightningModule):
         return {n: params[n].detach().clone() for n in names}
 
     def configure_callbacks(self):
-        return [TrajectoryWriter()]
+        return [ShardedStoreWriter("trajectory store")]
+
+    def store_spec(self, dataset) -> tuple[dict[str, Any], list[str], list[int], str]:
+        """What :class:`ShardedStoreWriter` needs to create (or resume) the trajectory store."""
+        return self.manifest(dataset), self.checkpoint_names, [LOSS_DIM], "float32"
 
     def setup(self, stage: str) -> None:
         if stage != "predict":
@@ -388,11 +391,11 @@ class LossTrajectoryModule(pl.LightningModule):
         order = list(range(len(self.checkpoint_dirs)))
         if self._active is not None:  # start with the weights already in place: one swap fewer per batch
             order = order[self._active :] + order[: self._active]
-        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        out: list[tuple[str, int, np.ndarray, np.ndarray]] = []
         with torch.no_grad():
             for i in order:
                 name = self.checkpoint_names[i]
-                todo = ~self._done[name][index]
+                todo = ~self.done[name][index]
                 if not todo.any():
                     continue
                 sub = batch
@@ -403,85 +406,8 @@ class LossTrajectoryModule(pl.LightningModule):
                 losses = example_losses(self.model, sub).double().cpu().numpy()
                 if not np.isfinite(losses).all():
                     raise ValueError(f"checkpoint {name}: non-finite loss for indices {index[todo][~np.isfinite(losses)][:10].tolist()}")
-                out[name] = (index[todo], losses)
-        return {"losses": out} if out else None
-
-
-class TrajectoryWriter(BasePredictionWriter):
-    """Writes :class:`LossTrajectoryModule` losses into its store, one shard per rank under DDP."""
-
-    def __init__(self) -> None:
-        super().__init__(write_interval="batch")
-
-    @staticmethod
-    def shard_dir(output_dir: Path, rank: int, world_size: int) -> Path:
-        return Path(f"{output_dir}.shards") / f"rank_{rank}_of_{world_size}"
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: LossTrajectoryModule) -> None:
-        dataset = trainer.datamodule._dataset("predict") if trainer.datamodule is not None else trainer.predict_dataloaders.dataset
-        # Rank 0 hashes the checkpoints' weights; every rank then writes the same manifest.
-        manifest = trainer.strategy.broadcast(pl_module.manifest(dataset) if trainer.is_global_zero else None, src=0)
-        n = len(dataset.records)
-        out, names = pl_module.output_dir, pl_module.checkpoint_names
-        skip, error = False, None
-        if trainer.world_size > 1 and trainer.is_global_zero and (out / "manifest.json").exists():
-            # An earlier merged store: refused when built differently, reused only when complete.
-            try:
-                skip = GradientDatastore.create(out, manifest, names, [LOSS_DIM], n, dtype="float32",
-                                                overwrite=pl_module.overwrite).is_complete()
-            except (ValueError, FileExistsError) as e:  # raised on every rank, so none waits forever
-                error = str(e)
-        skip, error = trainer.strategy.broadcast((skip, error), src=0)
-        if error:
-            raise ValueError(error)
-        pl_module.skip = bool(skip)
-        if not skip:  # one process: the store itself (resumed if compatible); DDP: this rank's shard
-            path = out if trainer.world_size == 1 else self.shard_dir(out, trainer.global_rank, trainer.world_size)
-            pl_module.store = store = GradientDatastore.create(path, manifest, names, [LOSS_DIM], n, dtype="float32",
-                                                               overwrite=pl_module.overwrite)
-            pl_module.skip = store.is_complete()
-        if pl_module.skip:
-            rank_zero_info(f"trajectory store {out} is already complete: nothing to do")
-            return
-        # Rows with no defined loss are done by definition (0 on disk, excluded_indices in the manifest).
-        excluded = np.asarray(manifest["excluded_indices"], dtype=np.int64)
-        if trainer.is_global_zero and excluded.size:
-            for name in names:
-                if not store.done_mask(name)[excluded].all():
-                    store.write(name, LOSS_DIM, excluded, np.zeros((excluded.size, LOSS_DIM), dtype=np.float32))
-                    store.mark_done(name, excluded)
-        pl_module._done = {name: store.done_mask(name) for name in names}
-        left = sum(int((~d).sum()) for d in pl_module._done.values())
-        rank_zero_info(f"loss trajectories of {len(dataset)} examples x {len(names)} checkpoints -> {out} "
-                       f"({left} example-checkpoint losses to compute on rank {trainer.global_rank})")
-
-    def write_on_batch_end(self, trainer, pl_module: LossTrajectoryModule, prediction, batch_indices, batch, batch_idx,
-                           dataloader_idx) -> None:
-        if prediction is None:
-            return
-        store = pl_module.store
-        for name, (index, losses) in prediction["losses"].items():
-            store.write(name, LOSS_DIM, index, losses[:, None])
-            store.mark_done(name, index)
-            pl_module._done[name][index] = True
-
-    def on_predict_end(self, trainer: pl.Trainer, pl_module: LossTrajectoryModule) -> None:
-        trainer.strategy.barrier()
-        if pl_module.skip:
-            return
-        out = pl_module.output_dir
-        if trainer.world_size == 1:
-            pl_module.store.finalize()
-            rank_zero_info(f"trajectory store complete: {out}")
-            return
-        if trainer.is_global_zero:
-            shards = [self.shard_dir(out, r, trainer.world_size) for r in range(trainer.world_size)]
-            if (out / "manifest.json").exists():
-                GradientDatastore._remove(out)
-            GradientDatastore.merge_shards(shards, out)
-            shutil.rmtree(Path(f"{out}.shards"))
-            rank_zero_info(f"trajectory store merged from {len(shards)} shards: {out}")
-        trainer.strategy.barrier()
+                out.append((name, LOSS_DIM, index[todo], losses[:, None]))
+        return {"rows": out} if out else None
 
 
 def compute_trajectories(

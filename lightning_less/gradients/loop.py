@@ -4,7 +4,8 @@ Lightning 2.x keeps its loop classes private, so the "loop" is an orchestrator a
 ``trainer.predict`` (DESIGN.md): :class:`GradientFeatureModule` computes, for every batch
 and every snapshot, the per-example LoRA gradients in one backward pass, Adam-transforms
 them (``adam``, pool) or not (``sgd``, targets), projects them to every requested dim,
-and :class:`DatastoreWriter` writes the rows into a :class:`GradientDatastore`.
+and :class:`~lightning_less.gradients.writer.ShardedStoreWriter` writes the rows into a
+:class:`GradientDatastore`.
 
 * Resume: rows already done are skipped (an example's features never depend on its
   batch, so a partial batch gives the same rows).
@@ -16,23 +17,20 @@ and :class:`DatastoreWriter` writes the rows into a :class:`GradientDatastore`.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_less.callbacks.snapshot import Snapshot, list_snapshots, load_snapshot
 from lightning_less.data.records import file_sha256
 from lightning_less.gradients.datastore import GradientDatastore
 from lightning_less.gradients.per_example import PerExampleLoRAGradients, adam_transform, flatten_moments
 from lightning_less.gradients.projectors import make_projector
+from lightning_less.gradients.writer import ShardedStoreWriter
 
 FeatureKind = Literal["adam", "sgd"]
 
@@ -141,7 +139,8 @@ class GradientFeatureModule(pl.LightningModule):
                                                     self.grads.param_names))
         self.projectors: dict[int, Any] = {}
         self.store: GradientDatastore | None = None
-        self.skip = False  # the store is already complete
+        self.skip = False  # set by the writer: the store is already complete
+        self.done: dict[str, np.ndarray] = {}  # set by the writer: done rows per snapshot
         self.projection_buffer_bytes = projection_buffer_bytes
         self._pending: list[tuple[np.ndarray, dict[str, torch.Tensor]]] = []
         self._pending_rows = 0
@@ -151,7 +150,11 @@ class GradientFeatureModule(pl.LightningModule):
         return [s.name for s in self.snapshots]
 
     def configure_callbacks(self):
-        return [DatastoreWriter()]
+        return [ShardedStoreWriter("gradient datastore")]
+
+    def store_spec(self, dataset) -> tuple[dict[str, Any], list[str], list[int], str]:
+        """What :class:`ShardedStoreWriter` needs to create (or resume) this pass's store."""
+        return self.manifest(dataset), self.snapshot_names, self.dims, self.store_dtype
 
     # ---------------------------------------------------------------- set up
     def setup(self, stage: str) -> None:
@@ -195,7 +198,7 @@ class GradientFeatureModule(pl.LightningModule):
             return None
         last = batch_idx + 1 >= self.trainer.num_predict_batches[dataloader_idx]
         index = batch["index"].cpu().numpy()
-        todo = ~np.logical_and.reduce([self.store.done_mask(s)[index] for s in self.snapshot_names])
+        todo = ~np.logical_and.reduce([self.done[s][index] for s in self.snapshot_names])
         if not todo.any():
             return self._buffer(None, {}, last)
         if not todo.all():
@@ -225,7 +228,7 @@ class GradientFeatureModule(pl.LightningModule):
                     grads = adam_transform(grads, m, v, beta1=snap.betas[0], beta2=snap.betas[1], eps=snap.eps)
                 rows[snap.name] = grads
         if chunked:
-            return {"index": index, "features": {k: v.cpu() for k, v in features.items()}}
+            return {"rows": [(snap, d, index, f.cpu().numpy()) for (snap, d), f in features.items()]}
         return self._buffer(index, rows, last)
 
     def _consume(self, features: dict[int, torch.Tensor], s: int, snap: Snapshot, offset: int, g: torch.Tensor) -> None:
@@ -245,95 +248,13 @@ class GradientFeatureModule(pl.LightningModule):
         if not self._pending or (self._pending_rows < self.rows_per_call and not last):
             return None
         index = np.concatenate([i for i, _ in self._pending])
-        features = {}
+        out = []
         for snap in self.snapshot_names:
             stacked = torch.cat([r[snap] for _, r in self._pending])
             for d, proj in self.projectors.items():
-                features[snap, d] = proj.project(stacked).cpu()
+                out.append((snap, d, index, proj.project(stacked).cpu().numpy()))
         self._pending, self._pending_rows = [], 0
-        return {"index": index, "features": features}
-
-
-class DatastoreWriter(BasePredictionWriter):
-    """Writes :class:`GradientFeatureModule` predictions into its datastore, one shard per rank."""
-
-    def __init__(self) -> None:
-        super().__init__(write_interval="batch")
-
-    def _shard_dir(self, pl_module: GradientFeatureModule, trainer: pl.Trainer) -> Path:
-        if trainer.world_size == 1:
-            return pl_module.output_dir
-        return Path(f"{pl_module.output_dir}.shards") / f"rank_{trainer.global_rank}_of_{trainer.world_size}"
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: GradientFeatureModule) -> None:
-        dataset = trainer.datamodule._dataset("predict") if trainer.datamodule is not None else trainer.predict_dataloaders.dataset
-        pl_module._dataset = dataset
-        manifest = pl_module.manifest(dataset)
-        n = len(dataset.records)
-        out = pl_module.output_dir
-        if trainer.world_size > 1:
-            # An earlier merged store: refused when built differently, reused only when complete.
-            # Rank 0 decides and every rank learns the outcome, so a refusal cannot leave ranks waiting.
-            verdict: tuple[bool, str | None] = (False, None)
-            if trainer.is_global_zero and (out / "manifest.json").exists():
-                try:
-                    verdict = (GradientDatastore.create(out, manifest, pl_module.snapshot_names, pl_module.dims, n,
-                                                        dtype=pl_module.store_dtype,
-                                                        overwrite=pl_module.overwrite).is_complete(), None)
-                except (ValueError, FileExistsError) as err:
-                    verdict = (False, str(err))
-            skip, error = trainer.strategy.broadcast(verdict, src=0)
-            if error:
-                raise ValueError(error)
-            if skip:
-                pl_module.skip = True
-                rank_zero_info(f"gradient datastore {out} is already complete: nothing to do")
-                return
-        store = GradientDatastore.create(self._shard_dir(pl_module, trainer), manifest, pl_module.snapshot_names,
-                                         pl_module.dims, n, dtype=pl_module.store_dtype, overwrite=pl_module.overwrite)
-        pl_module.store = store
-        pl_module.skip = store.is_complete()
-        if pl_module.skip:
-            rank_zero_info(f"gradient datastore {out} is already complete: nothing to do")
-            return
-        # Rows that get no features are done by definition (zeros, listed in the manifest).
-        excluded = np.asarray(manifest["excluded_indices"], dtype=np.int64)
-        if trainer.is_global_zero and excluded.size:
-            for snap in pl_module.snapshot_names:
-                for d in pl_module.dims:
-                    store.write(snap, d, excluded, np.zeros((excluded.size, d), dtype=np.float32))
-                store.mark_done(snap, excluded)
-        rank_zero_info(f"gradient pass ({pl_module.feature}) of {len(dataset)} examples x {len(pl_module.snapshots)} "
-                       f"snapshot(s) -> {pl_module.output_dir}")
-
-    def write_on_batch_end(self, trainer, pl_module: GradientFeatureModule, prediction, batch_indices, batch, batch_idx,
-                           dataloader_idx) -> None:
-        if prediction is None:
-            return
-        store = pl_module.store
-        index = prediction["index"]
-        for (snap, d), feats in prediction["features"].items():
-            store.write(snap, d, index, feats.numpy())
-        for snap in pl_module.snapshot_names:
-            store.mark_done(snap, index)
-
-    def on_predict_end(self, trainer: pl.Trainer, pl_module: GradientFeatureModule) -> None:
-        store = pl_module.store
-        trainer.strategy.barrier()
-        if pl_module.skip:
-            return
-        if trainer.world_size == 1:
-            store.finalize()
-            rank_zero_info(f"gradient datastore complete: {store.path}")
-            return
-        if trainer.is_global_zero:
-            shards = [Path(f"{pl_module.output_dir}.shards") / f"rank_{r}_of_{trainer.world_size}" for r in range(trainer.world_size)]
-            if (pl_module.output_dir / "manifest.json").exists():
-                shutil.rmtree(pl_module.output_dir)
-            GradientDatastore.merge_shards(shards, pl_module.output_dir)
-            shutil.rmtree(Path(f"{pl_module.output_dir}.shards"))
-            rank_zero_info(f"gradient datastore merged from {len(shards)} shards: {pl_module.output_dir}")
-        trainer.strategy.barrier()
+        return {"rows": out}
 
 
 class GradientDumpLoop:

@@ -1,6 +1,5 @@
 import lightning.pytorch as pl
 import pytest
-import torch
 
 from lightning_less.callbacks.snapshot import GradientFeatureCallback
 from lightning_less.data.datamodule import InstructionDataModule

@@ -1,11 +1,9 @@
 """The whole LESS pipeline on a tiny pool: runs, skips finished steps, refuses stale ones."""
 
-import json
 
 import numpy as np
 import pytest
 
-from lightning_less.cli import main
 from lightning_less.pipeline import (
     FeatureSettings,
     SelectionSettings,

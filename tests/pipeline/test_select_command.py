@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from lightning_less.cli import main
-from lightning_less.data.records import read_records
 from lightning_less.selection.datamodule import LessDataModule
 from lightning_less.selection.outputs import StaleSelectionError, read_selection
 from tests.helpers import qa_records, write_jsonl

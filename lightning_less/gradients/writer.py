@@ -1,0 +1,125 @@
+"""``ShardedStoreWriter``: a ``trainer.predict`` pass written into a :class:`GradientDatastore`.
+
+Shared by the gradient pass (:mod:`lightning_less.gradients.loop`) and the S2L trajectory
+pass (:mod:`lightning_less.callbacks.trajectory`), which differ only in what they compute:
+
+* one process writes the store itself (a compatible unfinished store is resumed);
+* under DDP each rank writes its own shard ``<store>.shards/rank_<r>_of_<w>`` (the
+  predict sampler gives disjoint shards), and rank 0 merges them when predict ends; an
+  earlier merged store is checked on rank 0 and the verdict broadcast, so a refusal
+  raises on every rank instead of leaving the others waiting;
+* rows of examples without a response token (``dataset.dropped``) are written as zeros,
+  marked done, and listed in the manifest as ``excluded_indices``.
+
+The LightningModule provides ``output_dir``, ``overwrite`` and ``store_spec(dataset)``
+returning ``(manifest, names, dims, dtype)``, and its ``predict_step`` returns
+``{"rows": [(name, dim, indices, values [len(indices), dim]), ...]}`` (or ``None``); the
+writer sets ``pl_module.store``, ``pl_module.skip`` (nothing to do) and
+``pl_module.done`` (``{name: bool mask}``, kept current) before the first batch.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_less.gradients.datastore import GradientDatastore
+
+
+def predict_dataset(trainer: pl.Trainer):
+    """The dataset of the running predict pass (from the datamodule, else the dataloader)."""
+    if trainer.datamodule is not None:
+        return trainer.datamodule._dataset("predict")
+    loaders = trainer.predict_dataloaders
+    return (loaders[0] if isinstance(loaders, (list, tuple)) else loaders).dataset
+
+
+def shard_dir(output_dir: Path, rank: int, world_size: int) -> Path:
+    return Path(f"{output_dir}.shards") / f"rank_{rank}_of_{world_size}"
+
+
+class ShardedStoreWriter(BasePredictionWriter):
+    """Writes a predict pass's rows into the module's datastore (see the module docstring)."""
+
+    def __init__(self, what: str = "datastore") -> None:
+        super().__init__(write_interval="batch")
+        self.what = what
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dataset = predict_dataset(trainer)
+        # Rank 0 builds the manifest (it may hash large files); every rank writes the same one.
+        spec = trainer.strategy.broadcast(pl_module.store_spec(dataset) if trainer.is_global_zero else None, src=0)
+        manifest, names, dims, dtype = spec
+        n = len(dataset.records)
+        out = Path(pl_module.output_dir)
+        pl_module.skip = False
+        if trainer.world_size > 1:
+            verdict: tuple[bool, str | None] = (False, None)
+            if trainer.is_global_zero and (out / "manifest.json").exists():
+                try:  # an earlier merged store: refused when built differently, reused only when complete
+                    verdict = (GradientDatastore.create(out, manifest, names, dims, n, dtype=dtype,
+                                                        overwrite=pl_module.overwrite).is_complete(), None)
+                except (ValueError, FileExistsError) as err:
+                    verdict = (False, str(err))
+            skip, error = trainer.strategy.broadcast(verdict, src=0)
+            if error:
+                raise ValueError(error)
+            if skip:
+                pl_module.skip = True
+                rank_zero_info(f"{self.what} {out} is already complete: nothing to do")
+                return
+        path = out if trainer.world_size == 1 else shard_dir(out, trainer.global_rank, trainer.world_size)
+        store = GradientDatastore.create(path, manifest, names, dims, n, dtype=dtype, overwrite=pl_module.overwrite)
+        pl_module.store = store
+        if store.is_complete():
+            pl_module.skip = True
+            rank_zero_info(f"{self.what} {out} is already complete: nothing to do")
+            return
+        excluded = np.asarray(manifest.get("excluded_indices", []), dtype=np.int64)
+        if trainer.is_global_zero and excluded.size:
+            for name in names:
+                if not store.done_mask(name)[excluded].all():
+                    for dim in dims:
+                        store.write(name, dim, excluded, np.zeros((excluded.size, dim), dtype=np.float32))
+                    store.mark_done(name, excluded)
+        pl_module.done = {name: store.done_mask(name) for name in names}
+        left = int(sum((~d).sum() for d in pl_module.done.values()))
+        rank_zero_info(f"{self.what}: {len(dataset)} examples x {len(names)} x dims {dims} -> {out} "
+                       f"({left} rows to compute on rank {trainer.global_rank})")
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        if not prediction:
+            return
+        store = pl_module.store
+        written: dict[str, list[np.ndarray]] = defaultdict(list)
+        for name, dim, index, values in prediction["rows"]:
+            store.write(name, dim, index, values)
+            written[name].append(np.asarray(index))
+        for name, indices in written.items():
+            index = np.unique(np.concatenate(indices))
+            store.mark_done(name, index)  # only once every dim of the rows is written
+            pl_module.done[name][index] = True
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.strategy.barrier()
+        if pl_module.skip:
+            return
+        out = Path(pl_module.output_dir)
+        if trainer.world_size == 1:
+            pl_module.store.finalize()
+            rank_zero_info(f"{self.what} complete: {out}")
+            return
+        if trainer.is_global_zero:
+            shards = [shard_dir(out, r, trainer.world_size) for r in range(trainer.world_size)]
+            if (out / "manifest.json").exists():
+                GradientDatastore._remove(out)
+            GradientDatastore.merge_shards(shards, out)
+            shutil.rmtree(Path(f"{out}.shards"))
+            rank_zero_info(f"{self.what} merged from {len(shards)} shards: {out}")
+        trainer.strategy.barrier()
