@@ -102,3 +102,22 @@ def test_gradient_checkpointing_keeps_lora_gradients(tmp_path, train_file):
         grads.append(torch.cat([p.grad.flatten() for _, p in module.trainable_named_parameters()]))
     assert grads[1].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_fit_on_bad_input_names_file_and_line_and_writes_nothing(tmp_path):
+    from lightning_less.data.records import RecordError
+
+    data = tmp_path / "data"
+    bad = write_jsonl(data / "train.jsonl", qa_records(3))
+    with open(bad, "a") as f:
+        f.write('{"prompt": "no completion here"}\n')
+    run = tmp_path / "run"
+    with pytest.raises(RecordError, match=rf"{bad}:4: missing field 'completion'"):
+        main([
+            "fit", "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={run}",
+            "--trainer.callbacks+=lightning_less.GradientFeatureCallback", f"--trainer.callbacks.dirpath={run}/snapshots",
+            "--model=lightning_less.LoRAInstructionTuningModule", "--model.lora_r=4", f"--model.adapter_dir={run}/adapter",
+            "--data=lightning_less.InstructionDataModule", f"--data.train_files=[{bad}]",
+        ])
+    assert not run.exists() or not any(run.rglob("*")), sorted(run.rglob("*"))
