@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Callable
 
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in extra:
         from jsonargparse import auto_cli
 
-        auto_cli(extra[argv[0]], args=argv[1:])
+        result = auto_cli(extra[argv[0]], args=argv[1:])
+        if isinstance(result, dict):  # e.g. the pipeline's summary of output paths and metrics
+            print(json.dumps(result, indent=2, default=str))
         return
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: lightning-less {fit,validate,test,predict," + ",".join(extra) + "} ...\n")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 
 from lightning_less.modules.tiny import save_tiny_model
-from lightning_less.pipeline import FeatureSettings, SelectionSettings, TrainSettings, WarmupSettings
+from lightning_less.pipeline import TrainSettings, run_pipeline
 
 
 def tiny_model(*, output: str, size: str = "tiny", seed: int = 0) -> None:
@@ -50,48 +49,6 @@ def demo(output: str = "demo_output", seed: int = 0, methods: list[str] | None =
     from lightning_less.demo import DEMO_METHODS, run_demo
 
     run_demo(output, seed=seed, methods=tuple(methods or DEMO_METHODS), target_task=target_task)
-
-
-def pipeline(
-    *,
-    pool: list[str],
-    targets: list[str],
-    output: str,
-    model: str = "builtin:tiny-llama",
-    eval: list[str] | None = None,
-    max_length: int = 2048,
-    seed: int = 0,
-    warmup: WarmupSettings | None = None,
-    features: FeatureSettings | None = None,
-    selection: SelectionSettings | None = None,
-    train: TrainSettings | None = None,
-    trainer: dict | None = None,
-    skip_training: bool = False,
-    overwrite: bool = False,
-) -> None:
-    """Run LESS end to end (warmup, features, selection, training, evaluation), skipping finished steps.
-
-    Args:
-        pool: the instruction pool's jsonl files.
-        targets: target examples (jsonl, with a ``subtask`` field).
-        output: the run directory.
-        model: the selecting model (hub name, path or ``builtin:tiny-llama``).
-        eval: held-out target-task examples for the final evaluation.
-        max_length: truncation length in tokens.
-        seed: seed of the warmup sample, LoRA init and training.
-        warmup: step 1 settings.
-        features: step 2 settings.
-        selection: step 3 settings.
-        train: step 4 settings.
-        trainer: extra Trainer arguments for every step.
-        skip_training: stop after the selection.
-        overwrite: redo steps whose outputs were made with other settings.
-    """
-    from lightning_less.pipeline import run_pipeline
-
-    result = run_pipeline(pool, targets, output, model, eval, max_length, seed, warmup, features, selection, train,
-                          trainer, skip_training, overwrite)
-    print(json.dumps(result, indent=2))
 
 
 def report(
@@ -267,6 +224,6 @@ def compare(
     print_comparison(result)
 
 
-COMMANDS = {"demo": demo, "pipeline": pipeline, "select": select, "tiny-model": tiny_model, "demo-data": demo_data,
+COMMANDS = {"demo": demo, "pipeline": run_pipeline, "select": select, "tiny-model": tiny_model, "demo-data": demo_data,
             "report": report, "inspect": inspect_selection,
             "compare": compare}

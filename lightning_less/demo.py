@@ -96,7 +96,8 @@ def run_demo(output: str = "demo_output", seed: int = 0, methods: Sequence[str] 
     results: dict[str, dict] = {}
     if "less" in methods:
         res = run_pipeline(
-            pool_files, targets, str(out / "less"), model=base, eval=eval_files, max_length=max_length, seed=seed,
+            pool=pool_files, targets=targets, output=str(out / "less"), model=base, eval=eval_files,
+            max_length=max_length, seed=seed,
             warmup=WarmupSettings(fraction=fraction, epochs=4, learning_rate=2e-3, lora_r=16, lora_alpha=32,
                                   lora_dropout=0.0, batch_size=8),
             features=FeatureSettings(dims=[1024], projector="sparse_jl", batch_size=16, store_dtype="float32"),

@@ -230,6 +230,7 @@ def _file_hash(path: Path) -> str:
 
 
 def run_pipeline(
+    *,
     pool: list[str],
     targets: list[str],
     output: str,

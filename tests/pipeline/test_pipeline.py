@@ -44,7 +44,7 @@ def _settings():
 def test_pipeline_runs_then_skips_then_refuses_stale(tmp_path, monkeypatch):
     a, b, t = _pool(tmp_path)
     out = tmp_path / "run"
-    result = run_pipeline([str(a), str(b)], [str(t)], str(out), eval=[str(t)], max_length=64, seed=0, **_settings())
+    result = run_pipeline(pool=[str(a), str(b)], targets=[str(t)], output=str(out), eval=[str(t)], max_length=64, seed=0, **_settings())
     sel = read_selection(result["selection"], read_records([str(a), str(b)]))
     assert len(sel.selected) == 10 and sel.manifest["method"] == "less"
     assert np.isfinite(result["train"]["target_loss"]) and 0.0 <= result["train"]["target_exact_match"] <= 1.0
@@ -58,19 +58,19 @@ def test_pipeline_runs_then_skips_then_refuses_stale(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pl.Trainer, "fit", boom)
     monkeypatch.setattr(pl.Trainer, "predict", boom)
-    again = run_pipeline([str(a), str(b)], [str(t)], str(out), eval=[str(t)], max_length=64, seed=0, **_settings())
+    again = run_pipeline(pool=[str(a), str(b)], targets=[str(t)], output=str(out), eval=[str(t)], max_length=64, seed=0, **_settings())
     assert again["train"] == result["train"]
 
     # Other settings on the same output are refused, never silently mixed.
     settings = _settings()
     settings["warmup"].epochs = 3
     with pytest.raises(StaleOutputError, match="other settings"):
-        run_pipeline([str(a), str(b)], [str(t)], str(out), eval=[str(t)], max_length=64, seed=0, **settings)
+        run_pipeline(pool=[str(a), str(b)], targets=[str(t)], output=str(out), eval=[str(t)], max_length=64, seed=0, **settings)
 
 
 def test_selection_follows_the_target_task(tmp_path):
     a, b, t = _pool(tmp_path)
-    result = run_pipeline([str(a), str(b)], [str(t)], str(tmp_path / "run"), max_length=64, seed=0, skip_training=True, **_settings())
+    result = run_pipeline(pool=[str(a), str(b)], targets=[str(t)], output=str(tmp_path / "run"), max_length=64, seed=0, skip_training=True, **_settings())
     pool = read_records([str(a), str(b)])
     sel = read_selection(result["selection"])
     share = np.mean([pool[i].source == "upper" for i in sel.selected])
