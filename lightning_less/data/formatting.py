@@ -10,10 +10,11 @@ Two templates:
   the text that rendering ``messages[:i+1]`` adds after rendering ``messages[:i]`` with the
   generation prompt; a template for which that is not a prefix is refused.
 
-Each segment is tokenized on its own and the ids concatenated, so labels follow the
-segment boundaries exactly (no offset mapping needed). With the Tülu template a BOS token
-is prepended when the tokenizer has one (a chat template writes its own). Truncation keeps
-the first ``max_length`` tokens.
+The whole text is tokenized once, as at generation time, and a fast tokenizer's offset
+mapping marks the tokens that overlap a response segment (a token that straddles a
+boundary counts as response); slow tokenizers, which have no offsets, are tokenized
+segment by segment. With the Tülu template a BOS token is prepended when the tokenizer has
+one (a chat template writes its own). Truncation keeps the first ``max_length`` tokens.
 """
 
 from __future__ import annotations
@@ -115,14 +116,39 @@ def encode_messages(
     if add_bos and bos is not None and template == "tulu":
         input_ids.append(bos)
         labels.append(IGNORE_INDEX)
-    for seg in segments:
-        ids = tokenizer(seg.text, add_special_tokens=False)["input_ids"]
+    if getattr(tokenizer, "is_fast", False):
+        ids, trained = _tokenize_whole(segments, tokenizer)
         input_ids.extend(ids)
-        labels.extend(ids if seg.trained else [IGNORE_INDEX] * len(ids))
+        labels.extend(i if t else IGNORE_INDEX for i, t in zip(ids, trained))
+    else:
+        # Slow tokenizers have no offset mapping: segment by segment (exact at the
+        # boundaries for character-level and byte-level vocabularies).
+        for seg in segments:
+            ids = tokenizer(seg.text, add_special_tokens=False)["input_ids"]
+            input_ids.extend(ids)
+            labels.extend(ids if seg.trained else [IGNORE_INDEX] * len(ids))
     if max_length is not None and len(input_ids) > max_length:
         input_ids = input_ids[:max_length]
         labels = labels[:max_length]
     return input_ids, labels
+
+
+def _tokenize_whole(segments: Sequence[Segment], tokenizer) -> tuple[list[int], list[bool]]:
+    """Tokenize the whole text once; a token is trained when its characters overlap a response segment.
+
+    Tokenizing the text as a whole gives the same ids the model sees at generation time
+    (a SentencePiece tokenizer would add a word-start marker to each separately tokenized
+    segment); the offset mapping carries the segment boundaries over to the tokens.
+    """
+    text = "".join(seg.text for seg in segments)
+    spans, pos = [], 0
+    for seg in segments:
+        if seg.trained:
+            spans.append((pos, pos + len(seg.text)))
+        pos += len(seg.text)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    trained = [any(start < e and end > s for s, e in spans) for start, end in enc["offset_mapping"]]
+    return list(enc["input_ids"]), trained
 
 
 def has_response_token(labels: Sequence[int]) -> bool:

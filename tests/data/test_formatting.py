@@ -348,3 +348,23 @@ def test_chat_template_missing(char_tokenizer):
     assert getattr(char_tokenizer, "chat_template", None) is None
     with pytest.raises(ValueError, match="no chat_template"):
         encode_messages(HI_YO, char_tokenizer, template="chat_template")
+
+
+def test_word_level_fast_tokenizer_tokenizes_the_whole_text_and_labels_by_offsets():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from lightning_less.data.formatting import encode_messages, tulu_segments
+
+    words = ["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "say", "hello", "world", "ok"]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tok.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>"]})
+    messages = [{"role": "user", "content": "say hello"}, {"role": "assistant", "content": "hello world"}]
+    ids, labels = encode_messages(messages, tok)
+    full = "".join(seg.text for seg in tulu_segments(messages, "</s>"))
+    assert ids == [tok.bos_token_id] + tok(full, add_special_tokens=False)["input_ids"]
+    trained = [tok.convert_ids_to_tokens(i) for i, label in zip(ids, labels) if label != -100]
+    assert trained == ["hello", "world", "</s>"]
+    assert all(label == -100 or label == i for i, label in zip(ids, labels))
