@@ -94,9 +94,11 @@ def inspect_selection(
         targets: target jsonl file(s); default: the manifest's ``inputs.targets``.
         pool: pool jsonl file(s) for the texts; default: the pool files recorded in the manifest.
     """
-    from lightning_less.inspect_view import inspect_command
+    from lightning_less.inspect_view import inspect_selection as inspect_view
+    from lightning_less.report import setup_logging
 
-    return inspect_command(selection, target_index, subtask, top_k, targets, pool)
+    setup_logging()
+    return inspect_view(selection, target_index, subtask, top_k, targets, pool)
 
 
 def select(

@@ -22,7 +22,6 @@ from lightning_less.report import (
     load_pool,
     load_targets,
     ranking,
-    setup_logging,
     subtask_columns,
     subtask_label,
 )
@@ -136,16 +135,3 @@ def inspect_selection(
                                          _one_line(text) if records is not None else "(pool records unavailable)")))
     console.print(view)
     return rows
-
-
-def inspect_command(
-    selection: str,
-    target_index: int | None = None,
-    subtask: str | None = None,
-    top_k: int = 10,
-    targets: list[str] | str | None = None,
-    pool: list[str] | str | None = None,
-) -> list[Row]:
-    """CLI body of ``lightning-less inspect``."""
-    setup_logging()
-    return inspect_selection(selection, target_index, subtask, top_k, targets, pool)
