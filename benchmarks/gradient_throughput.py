@@ -42,7 +42,7 @@ def build(tmp: Path, preset: str, n: int, seq_len: int, lora_r: int, device: str
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from lightning_less.modules.tiny import build_tokenizer
+    from lightning_less.models.tiny import build_tokenizer
 
     hidden, layers, heads, inter, vocab = PRESETS[preset]
     tok = build_tokenizer()
@@ -138,7 +138,7 @@ def reference(tmp: Path, seq_len: int, dim: int, device: str) -> tuple[float, np
 
 def ours(tmp: Path, seq_len: int, dim: int, projector: str, batch_size: int, device: str, name: str) -> tuple[float, np.ndarray]:
     """(b)/(c) the real GradientDumpLoop (trainer.predict + datastore), whole run timed."""
-    from lightning_less.gradients.loop import GradientDumpLoop
+    from lightning_less.passes.gradient_features import GradientDumpLoop
 
     out = tmp / f"store_{name}"
     accelerator = "gpu" if device.startswith("cuda") else "cpu"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from lightning_less.version import __version__
 
 # Public names, imported on first use so that light tools (selection, report) do not pay
 # for importing Lightning and transformers.
@@ -18,13 +18,13 @@ _EXPORTS = {
     "LoRAInstructionTuningModule": "lightning_less.modules.lora",
     "GradientFeatureCallback": "lightning_less.callbacks.snapshot",
     "load_snapshot": "lightning_less.callbacks.snapshot",
-    "LossTrajectoryCallback": "lightning_less.callbacks.trajectory",
-    "LossTrajectoryModule": "lightning_less.callbacks.trajectory",
-    "GradientDumpLoop": "lightning_less.gradients.loop",
-    "GradientFeatureModule": "lightning_less.gradients.loop",
-    "GradientDatastore": "lightning_less.gradients.datastore",
+    "LossTrajectoryCallback": "lightning_less.callbacks.loss_trajectory",
+    "LossTrajectoryModule": "lightning_less.passes.loss_trajectories",
+    "GradientDumpLoop": "lightning_less.passes.gradient_features",
+    "GradientFeatureModule": "lightning_less.passes.gradient_features",
+    "GradientDatastore": "lightning_less.stores.datastore",
     "LessDataModule": "lightning_less.selection.datamodule",
-    "run_pipeline": "lightning_less.pipeline",
+    "run_pipeline": "lightning_less.recipes.pipeline",
     "run_selection": "lightning_less.selection.runner",
 }
 
@@ -45,12 +45,13 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_less.callbacks.snapshot import GradientFeatureCallback, load_snapshot
-    from lightning_less.callbacks.trajectory import LossTrajectoryCallback, LossTrajectoryModule
+    from lightning_less.callbacks.loss_trajectory import LossTrajectoryCallback
+    from lightning_less.passes.loss_trajectories import LossTrajectoryModule
     from lightning_less.data.datamodule import InstructionDataModule, InstructionDataset
     from lightning_less.data.records import Record, RecordError, read_records
-    from lightning_less.gradients.datastore import GradientDatastore
-    from lightning_less.gradients.loop import GradientDumpLoop, GradientFeatureModule
+    from lightning_less.stores.datastore import GradientDatastore
+    from lightning_less.passes.gradient_features import GradientDumpLoop, GradientFeatureModule
     from lightning_less.modules.lora import LoRAInstructionTuningModule
-    from lightning_less.pipeline import run_pipeline
+    from lightning_less.recipes.pipeline import run_pipeline
     from lightning_less.selection.datamodule import LessDataModule
     from lightning_less.selection.runner import run_selection

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-from lightning_less.modules.tiny import save_tiny_model
-from lightning_less.pipeline import TrainSettings, run_pipeline
+from lightning_less.models.tiny import save_tiny_model
+from lightning_less.recipes.pipeline import TrainSettings, run_pipeline
 
 
 def tiny_model(*, output: str, size: str = "tiny", seed: int = 0) -> None:
@@ -46,7 +46,7 @@ def demo(output: str = "demo_output", seed: int = 0, methods: list[str] | None =
         methods: methods to run (default: less, random, bm25, dsir, rds, s2l, full).
         target_task: the demo task the targets come from (``last_letter``, ``first_letter``, ``uppercase``, ...).
     """
-    from lightning_less.demo import DEMO_METHODS, run_demo
+    from lightning_less.recipes.demo import DEMO_METHODS, run_demo
 
     run_demo(output, seed=seed, methods=tuple(methods or DEMO_METHODS), target_task=target_task)
 
@@ -69,7 +69,7 @@ def report(
         targets: target jsonl file(s); default: the manifest's ``inputs.targets``, if any.
         top_n: top pool examples (and target examples) shown per target subtask.
     """
-    from lightning_less.report import report_command
+    from lightning_less.analysis.report import report_command
 
     return report_command(selection, output, pool, targets, top_n)
 
@@ -94,8 +94,8 @@ def inspect_selection(
         targets: target jsonl file(s); default: the manifest's ``inputs.targets``.
         pool: pool jsonl file(s) for the texts; default: the pool files recorded in the manifest.
     """
-    from lightning_less.inspect_view import inspect_selection as inspect_view
-    from lightning_less.report import setup_logging
+    from lightning_less.analysis.inspect import inspect_selection as inspect_view
+    from lightning_less.analysis.report import setup_logging
 
     setup_logging()
     return inspect_view(selection, target_index, subtask, top_k, targets, pool)
@@ -215,7 +215,7 @@ def compare(
         trainer: extra Trainer arguments (S2L proxy, training).
         overwrite: redo selections and trainings made with other settings instead of refusing.
     """
-    from lightning_less.compare import compare_methods, print_comparison
+    from lightning_less.recipes.compare import compare_methods, print_comparison
 
     result = compare_methods(pool, targets, methods, output, fraction=fraction, count=count, seed=seed,
                              target_sources=target_sources, target_form=target_form, group_by_regex=group_by_regex,

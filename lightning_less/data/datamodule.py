@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_less.data.formatting import IGNORE_INDEX, TemplateName, encode_messages, has_response_token, tulu_prompt
 from lightning_less.data.records import Record, read_records
+from lightning_less.models.loading import load_tokenizer
 
 
 def sample_fraction(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -160,20 +161,6 @@ class InstructionCollator:
             batch["prompt_attention_mask"] = self._pad([[1] * len(p) for p in prompts], 0, "left")
             batch["references"] = [it["reference"] for it in items]
         return batch
-
-
-def load_tokenizer(name_or_path: str):
-    """``AutoTokenizer.from_pretrained`` (built-in names resolved), with a pad token guaranteed."""
-    from transformers import AutoTokenizer
-
-    from lightning_less.modules.tiny import resolve_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
-    if tokenizer.pad_token_id is None:
-        # Padding positions are masked out of attention and labels, so any id works;
-        # EOS is the usual choice for Llama-family tokenizers that ship without a pad token.
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 class InstructionDataModule(pl.LightningDataModule):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Iterable, Literal
+from typing import Callable, Iterable, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -12,42 +12,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
 from lightning_less.modules.losses import per_example_loss
-from lightning_less.modules.tiny import resolve_model_path
+from lightning_less.models.loading import load_causal_lm, load_tokenizer
 
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-
-
-def load_causal_lm(
-    name_or_path: str,
-    dtype: str | None = None,
-    from_config: bool = False,
-    attn_implementation: str | None = None,
-    seed: int | None = None,
-):
-    """Load a causal LM with ``from_pretrained`` (or build it from its config when ``from_config``)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    path = resolve_model_path(name_or_path)
-    if dtype is not None and dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: expected one of {sorted(_DTYPES)}")
-    kwargs: dict[str, Any] = {}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if from_config:
-        config = AutoConfig.from_pretrained(path)
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(config, **kwargs)
-        if dtype not in (None, "auto"):
-            model = model.to(_DTYPES[dtype])
-        return model
-    if dtype is not None:
-        kwargs["dtype"] = _DTYPES[dtype]
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-
 
 class LoRAInstructionTuningModule(pl.LightningModule):
     """LoRA instruction tuning of a Hugging Face causal LM (ALGORITHMS.md 1.1 and 1.4).
@@ -153,7 +120,6 @@ class LoRAInstructionTuningModule(pl.LightningModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from lightning_less.data.datamodule import load_tokenizer
 
             self._tokenizer = load_tokenizer(self.model_name_or_path)
         return self._tokenizer

@@ -239,7 +239,7 @@ def write_selection(
 
 
 def _library_version() -> str:
-    from lightning_less import __version__
+    from lightning_less.version import __version__
 
     return __version__
 

@@ -12,65 +12,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_less.data.records import files_fingerprint, read_records
+from lightning_less.passes.hidden_states import last_token_hidden_states
+from lightning_less.recipes.s2l_proxy import s2l_trajectories
+from lightning_less.stores.trajectory import TrajectoryStore, check_trajectory_data
 
-
-
-@torch.no_grad()
-def last_token_hidden_states(model_name_or_path: str, files: Sequence[str], max_length: int = 2048,
-                             batch_size: int = 16, device: str = "cpu") -> np.ndarray:
-    """RDS features: the final-layer hidden state at each example's last non-pad token, [n, hidden]."""
-    from tqdm.auto import tqdm
-
-    from lightning_less.data.datamodule import InstructionCollator, InstructionDataset, load_tokenizer
-    from lightning_less.modules.lora import load_causal_lm
-
-    tokenizer = load_tokenizer(model_name_or_path)
-    model = load_causal_lm(model_name_or_path).to(device).eval()
-    ds = InstructionDataset(list(files), tokenizer, max_length=max_length)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=InstructionCollator(tokenizer.pad_token_id, "right"))
-    out = np.zeros((len(ds.records), model.config.hidden_size), dtype=np.float32)
-    for batch in tqdm(loader, desc="RDS hidden states", leave=False):
-        mask = batch["attention_mask"].to(device)
-        hidden = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-        last = mask.sum(1) - 1  # right padding: the last real token
-        out[batch["index"].numpy()] = hidden[torch.arange(hidden.size(0)), last].float().cpu().numpy()
-    if ds.dropped:
-        raise ValueError(f"{len(ds.dropped)} examples of {list(files)} have no response token after truncation")
-    return out
-
-
-def s2l_trajectories(model_name_or_path: str, pool_files: Sequence[str], output: Path, max_length: int, seed: int,
-                     epochs: int = 3, learning_rate: float = 2e-3, batch_size: int = 16, trainer: dict | None = None) -> np.ndarray:
-    """Train a proxy on the whole pool, recording loss trajectories at each epoch end (ALGORITHMS.md 2)."""
-    import lightning.pytorch as pl
-
-    from lightning_less.callbacks.trajectory import LossTrajectoryCallback, TrajectoryStore, check_trajectory_data
-    from lightning_less.data.datamodule import InstructionDataModule
-    from lightning_less.modules.lora import LoRAInstructionTuningModule
-
-    store = TrajectoryStore(output)
-    if (output / "manifest.json").exists():
-        traj, manifest = store.read()
-        try:
-            check_trajectory_data(manifest, pool_files)
-        except ValueError as e:
-            raise ValueError(f"{output}: {e}; remove it or choose another directory") from None
-        rank_zero_info(f"[skip] S2L trajectories: {output} exists")
-        return traj
-    pl.seed_everything(seed, verbose=False)
-    module = LoRAInstructionTuningModule(model_name_or_path=model_name_or_path, use_lora=False, learning_rate=learning_rate,
-                                         scheduler="cosine", warmup_ratio=0.03, seed=seed, exact_match=False)
-    data = InstructionDataModule(train_files=list(pool_files), tokenizer_name_or_path=model_name_or_path,
-                                 max_length=max_length, batch_size=batch_size, seed=seed)
-    callback = LossTrajectoryCallback(str(output), every_n_steps=0, at_epoch_end=True, batch_size=64)
-    t = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                   callbacks=[callback], **(trainer or {}))
-    t.fit(module, datamodule=data)
-    return store.read()[0]
 
 
 METHODS = ("less", "rds", "s2l", "random", "bm25", "dsir", "full")
@@ -78,7 +26,7 @@ METHODS = ("less", "rds", "s2l", "random", "bm25", "dsir", "full")
 
 def less_inputs(pool_store_dir: str | Path, target_store_dir: str | Path, n_targets: int, dim: int | None = None):
     """Open and cross-check a pool (``adam``) and a target (``sgd``) store; return what LESS scoring needs."""
-    from lightning_less.gradients.datastore import GradientDatastore
+    from lightning_less.stores.datastore import GradientDatastore
 
     pool_store = GradientDatastore.open(pool_store_dir)
     target_store = GradientDatastore.open(target_store_dir)
@@ -193,8 +141,6 @@ def run_selection(
             trajectories = output.parent / f"{output.name}_proxy"
             traj = s2l_trajectories(model, pool_files, Path(trajectories), max_length, seed, trainer=trainer)
         else:
-            from lightning_less.callbacks.trajectory import TrajectoryStore, check_trajectory_data
-
             traj, manifest = TrajectoryStore(trajectories).read()  # NaN rows (no response token) are excluded below
             try:
                 check_trajectory_data(manifest, pool_files, len(pool))

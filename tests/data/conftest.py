@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def char_tokenizer():
     """The offline character-level tokenizer (one id per character, special tokens and role tags)."""
-    from lightning_less.modules.tiny import build_tokenizer
+    from lightning_less.models.tiny import build_tokenizer
 
     return build_tokenizer()
 

@@ -23,7 +23,7 @@ TINY = "builtin:tiny-llama"
 def tiny_model():
     from transformers import AutoModelForCausalLM
 
-    from lightning_less.modules.tiny import resolve_model_path
+    from lightning_less.models.tiny import resolve_model_path
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(TINY), dtype=torch.float32)
     return model.eval()

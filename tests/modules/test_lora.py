@@ -9,7 +9,7 @@ from lightning_less.cli import main
 from lightning_less.data.datamodule import InstructionDataModule
 from lightning_less.modules.lora import LoRAInstructionTuningModule
 from lightning_less.modules.losses import per_example_loss
-from lightning_less.modules.tiny import resolve_model_path, save_tiny_model
+from lightning_less.models.tiny import resolve_model_path, save_tiny_model
 from tests.helpers import qa_records, write_jsonl
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from lightning_less.data.datamodule import InstructionDataset, load_tokenizer
-from lightning_less.modules.tiny import resolve_model_path
+from lightning_less.data.datamodule import InstructionDataset
+from lightning_less.models.loading import load_tokenizer
+from lightning_less.models.tiny import resolve_model_path
 from lightning_less.selection.methods import select_rds
 from lightning_less.selection.runner import last_token_hidden_states
 from tests.helpers import qa_records, write_jsonl

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_less.report import (
+from lightning_less.analysis.report import (
     has_scores,
     load_pool,
     load_targets,

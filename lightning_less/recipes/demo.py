@@ -20,7 +20,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_less.data.records import read_records
-from lightning_less.pipeline import (
+from lightning_less.recipes.pipeline import (
     FeatureSettings,
     SelectionSettings,
     TrainSettings,

@@ -43,7 +43,7 @@ def data(tmp_path):
 
 
 def run(data, output, methods=METHODS, **kw):
-    from lightning_less.compare import compare_methods
+    from lightning_less.recipes.compare import compare_methods
 
     kw = {"count": 8, "seed": 0, **kw}
     return compare_methods(data["pool"], data["targets"], methods, output, **kw)
@@ -222,7 +222,7 @@ def test_cli(data, tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_train_and_evaluate_each_selection(data, tmp_path):
-    from lightning_less.pipeline import TrainSettings
+    from lightning_less.recipes.pipeline import TrainSettings
 
     settings = TrainSettings(epochs=1, learning_rate=1e-3, lora_r=4, lora_alpha=8, lora_dropout=0.0, batch_size=8,
                              generation_max_new_tokens=4)

@@ -21,7 +21,7 @@ measured the same way:
 * ``composition``: the ``top_sources`` most frequent sources of the selection;
 * the Jaccard overlap ``|A ∩ B| / |A ∪ B|`` of every two methods' selected index sets;
 * with ``train``: ``target_loss`` and ``target_exact_match`` of a model trained on the
-  selection (:func:`~lightning_less.pipeline.train_and_evaluate`, into
+  selection (:func:`~lightning_less.recipes.pipeline.train_and_evaluate`, into
   ``<output>/train/<method>``; finished trainings are skipped).
 
 Outputs in ``output``: ``comparison.json`` (everything, paths under ``output`` written
@@ -267,7 +267,7 @@ def compare_methods(
         max_length: truncation length in tokens (RDS, S2L proxy, training).
         train: train a model on each selection and evaluate it on ``eval_files``.
         eval_files: the target task's held-out examples (with ``train``).
-        train_settings: a :class:`~lightning_less.pipeline.TrainSettings` (default: its defaults).
+        train_settings: a :class:`~lightning_less.recipes.pipeline.TrainSettings` (default: its defaults).
         trainer: extra ``Trainer`` arguments (S2L proxy, training).
         selection_dirs: selections already made elsewhere, ``{method: dir}`` (e.g. the
             pipeline's LESS selection); they are checked against the pool and the budget
@@ -291,7 +291,7 @@ def compare_methods(
     given = {m: Path(p) for m, p in (selection_dirs or {}).items()}
     metrics = {m: dict(v) for m, v in (metrics or {}).items()}
     if train_settings is None and train:
-        from lightning_less.pipeline import TrainSettings
+        from lightning_less.recipes.pipeline import TrainSettings
 
         train_settings = TrainSettings()
     train_model = (getattr(train_settings, "model_name_or_path", None) or model) if train else None
@@ -352,7 +352,7 @@ def compare_methods(
         selected[method] = sel.selected
 
     if train:
-        from lightning_less.pipeline import train_and_evaluate
+        from lightning_less.recipes.pipeline import train_and_evaluate
 
         for method in methods:
             if method in metrics:

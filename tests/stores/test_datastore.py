@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from lightning_less.gradients import datastore as ds_module
-from lightning_less.gradients.datastore import GradientDatastore
+from lightning_less.stores import datastore as ds_module
+from lightning_less.stores.datastore import GradientDatastore
 
 N = 10
 SNAPSHOTS = ["epoch_000", "epoch_001"]

@@ -1,7 +1,7 @@
 """``ShardedStoreWriter``: a ``trainer.predict`` pass written into a :class:`GradientDatastore`.
 
-Shared by the gradient pass (:mod:`lightning_less.gradients.loop`) and the S2L trajectory
-pass (:mod:`lightning_less.callbacks.trajectory`), which differ only in what they compute:
+Shared by the gradient pass (:mod:`lightning_less.passes.gradient_features`) and the S2L trajectory
+pass (:mod:`lightning_less.passes.loss_trajectories`), which differ only in what they compute:
 
 * one process writes the store itself (a compatible unfinished store is resumed);
 * under DDP each rank writes its own shard ``<store>.shards/rank_<r>_of_<w>`` (the
@@ -29,7 +29,7 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_less.gradients.datastore import GradientDatastore
+from lightning_less.stores.datastore import GradientDatastore
 
 
 def predict_dataset(trainer: pl.Trainer):

@@ -15,7 +15,7 @@ import pytest
 
 from lightning_less.data.records import read_records
 from lightning_less.data.records import files_fingerprint
-from lightning_less.report import NO_SCORES, PLOT_FILES, as_paths, build_report, load_targets
+from lightning_less.analysis.report import NO_SCORES, PLOT_FILES, as_paths, build_report, load_targets
 from lightning_less.selection.budget import budget_info, top_k
 from lightning_less.selection.outputs import StaleSelectionError, write_selection
 from tests.helpers import write_jsonl

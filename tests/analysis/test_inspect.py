@@ -8,8 +8,8 @@ import pytest
 from rich.console import Console
 
 from lightning_less.data.records import read_records
-from lightning_less.inspect_view import inspect_selection
-from tests.test_report import SUBTASKS, make_random_selection, make_scored_selection, read_scores_csv
+from lightning_less.analysis.inspect import inspect_selection
+from tests.analysis.test_report import SUBTASKS, make_random_selection, make_scored_selection, read_scores_csv
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_inspect_aggregate_score_only(tmp_path):
 
     from lightning_less.selection.budget import budget_info, top_k
     from lightning_less.selection.outputs import write_selection
-    from tests.test_report import make_pool
+    from tests.analysis.test_report import make_pool
 
     pool = read_records(make_pool(tmp_path / "data"))
     scores = np.round(np.random.default_rng(2).normal(size=len(pool)), 1)  # ties

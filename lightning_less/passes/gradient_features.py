@@ -4,7 +4,7 @@ Lightning 2.x keeps its loop classes private, so the "loop" is an orchestrator a
 ``trainer.predict`` (DESIGN.md): :class:`GradientFeatureModule` computes, for every batch
 and every snapshot, the per-example LoRA gradients in one backward pass, Adam-transforms
 them (``adam``, pool) or not (``sgd``, targets), projects them to every requested dim,
-and :class:`~lightning_less.gradients.writer.ShardedStoreWriter` writes the rows into a
+and :class:`~lightning_less.callbacks.store_writer.ShardedStoreWriter` writes the rows into a
 :class:`GradientDatastore`.
 
 * Resume: rows already done are skipped (an example's features never depend on its
@@ -27,10 +27,10 @@ import torch
 
 from lightning_less.callbacks.snapshot import Snapshot, list_snapshots, load_snapshot
 from lightning_less.data.records import file_sha256
-from lightning_less.gradients.datastore import GradientDatastore
+from lightning_less.stores.datastore import GradientDatastore
 from lightning_less.gradients.per_example import PerExampleLoRAGradients, adam_transform, flatten_moments
 from lightning_less.gradients.projectors import make_projector
-from lightning_less.gradients.writer import ShardedStoreWriter
+from lightning_less.callbacks.store_writer import ShardedStoreWriter
 
 FeatureKind = Literal["adam", "sgd"]
 
@@ -97,7 +97,7 @@ class GradientFeatureModule(pl.LightningModule):
         super().__init__()
         from peft import PeftModel
 
-        from lightning_less.modules.lora import load_causal_lm
+        from lightning_less.models.loading import load_causal_lm
 
         if feature not in ("adam", "sgd"):
             raise ValueError(f"feature must be 'adam' or 'sgd', got {feature!r}")

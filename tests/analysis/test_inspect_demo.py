@@ -4,8 +4,8 @@ import numpy as np
 
 from lightning_less.data.demo import generate_demo_data
 from lightning_less.data.records import read_records
-from lightning_less.inspect_view import inspect_selection
-from lightning_less.report import build_report
+from lightning_less.analysis.inspect import inspect_selection
+from lightning_less.analysis.report import build_report
 from lightning_less.selection.outputs import read_selection
 from lightning_less.selection.runner import run_selection
 

@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from lightning_less.pipeline import (
+from lightning_less.recipes.pipeline import (
     FeatureSettings,
     SelectionSettings,
     StaleOutputError,

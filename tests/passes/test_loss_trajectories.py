@@ -17,19 +17,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from lightning_less.callbacks.trajectory import (
-    LossTrajectoryCallback,
-    LossTrajectoryModule,
-    SavePretrainedCallback,
-    TrajectoryStore,
-    compute_trajectories,
-    resolve_checkpoints,
-)
+from lightning_less.callbacks.loss_trajectory import LossTrajectoryCallback
+from lightning_less.callbacks.save_pretrained import SavePretrainedCallback
+from lightning_less.passes.loss_trajectories import LossTrajectoryModule, compute_trajectories, resolve_checkpoints
+from lightning_less.stores.trajectory import TrajectoryStore
 from lightning_less.data.datamodule import InstructionDataModule
-from lightning_less.gradients.datastore import GradientDatastore
+from lightning_less.stores.datastore import GradientDatastore
 from lightning_less.modules.lora import LoRAInstructionTuningModule
 from lightning_less.modules.losses import per_example_loss
-from lightning_less.modules.tiny import save_tiny_model
+from lightning_less.models.tiny import save_tiny_model
 from lightning_less.selection.runner import run_selection
 from tests.helpers import qa_records, write_jsonl
 
@@ -197,8 +193,10 @@ def test_two_process_gloo_equals_one_process(run, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(f"""
         import lightning.pytorch as pl, torch
-        from lightning_less.callbacks.trajectory import LossTrajectoryCallback, SavePretrainedCallback, compute_trajectories
-        from tests.callbacks.test_trajectory import MAX_LENGTH, SCHEDULE, _data, _module, _trainer
+        from tests.passes.test_loss_trajectories import MAX_LENGTH, SCHEDULE, _data, _module, _trainer
+        from lightning_less.callbacks.loss_trajectory import LossTrajectoryCallback
+        from lightning_less.callbacks.save_pretrained import SavePretrainedCallback
+        from lightning_less.passes.loss_trajectories import compute_trajectories
         torch.set_num_threads(1)
         ddp = dict(accelerator="cpu", devices=2, strategy="ddp")
         compute_trajectories({run['ckpts']!r}, [{run['pool']!r}], {str(tmp_path / 'ddp')!r}, tokenizer_name_or_path={run['model']!r},

@@ -164,9 +164,9 @@ def run_features(files: Sequence[str], snapshots: Path, output: Path, feature: s
                  overwrite: bool = False):
     """Step 2: per-example projected gradient features into a datastore (resumable)."""
     from lightning_less.data.datamodule import InstructionDataModule
-    from lightning_less.gradients.loop import GradientDumpLoop
+    from lightning_less.passes.gradient_features import GradientDumpLoop
 
-    from lightning_less.gradients.datastore import GradientDatastore
+    from lightning_less.stores.datastore import GradientDatastore
 
     # The store itself resumes and refuses other settings; the marker only saves starting a Trainer.
     marker = output.parent / f"{output.name}.step.json"

@@ -47,7 +47,7 @@ _COPY_ROWS = 1 << 16  # rows per copy step when merging, to bound memory
 
 
 def _library_version() -> str:
-    from lightning_less import __version__
+    from lightning_less.version import __version__
 
     return __version__
 

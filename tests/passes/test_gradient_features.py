@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM
 
 from lightning_less.callbacks.snapshot import list_snapshots, load_snapshot
 from lightning_less.data.datamodule import InstructionDataModule
-from lightning_less.gradients.datastore import GradientDatastore
-from lightning_less.gradients.loop import GradientDumpLoop, GradientFeatureModule
+from lightning_less.stores.datastore import GradientDatastore
+from lightning_less.passes.gradient_features import GradientDumpLoop, GradientFeatureModule
 from lightning_less.gradients.projectors import make_projector
 from lightning_less.modules.losses import per_example_loss
 
@@ -123,7 +123,7 @@ def test_two_process_gloo_store_equals_one_process(warm_run, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import torch
         from lightning_less.data.datamodule import InstructionDataModule
-        from lightning_less.gradients.loop import GradientDumpLoop
+        from lightning_less.passes.gradient_features import GradientDumpLoop
         torch.set_num_threads(1)
         dm = InstructionDataModule(predict_files=[{warm_run['pool']!r}], tokenizer_name_or_path={warm_run['model']!r}, eval_batch_size=3)
         GradientDumpLoop(snapshots={warm_run['snapshots']!r}, output_dir={str(tmp_path / 'ddp')!r}, feature="adam",
