@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from lightning_less.errors import InputError
+
 ROLES = ("system", "user", "assistant")
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A record (or a whole file) that cannot be used, with the file and line it came from."""
 
     def __init__(self, path: str | os.PathLike, line: int | None, message: str) -> None:

@@ -24,6 +24,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_less.data.records import files_fingerprint
+from lightning_less.errors import StaleOutputError
 
 STEP_FILE = "step.json"
 
@@ -87,10 +88,6 @@ class TrainSettings:
     accumulate_grad_batches: int = 1
     warmup_ratio: float = 0.03
     generation_max_new_tokens: int = 64
-
-
-class StaleOutputError(RuntimeError):
-    """A step directory that holds results made with other settings."""
 
 
 def _fingerprint(settings: dict) -> str:

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lightning_less.errors import StaleOutputError
 from lightning_less.data.records import Record, files_fingerprint, read_raw_lines
 
 FORMAT_VERSION = 1
@@ -41,7 +42,7 @@ MANIFEST_FILE = "manifest.json"
 SELECTION_FILES = (SCORES_FILE, SELECTED_FILE, MANIFEST_FILE)
 
 
-class StaleSelectionError(ValueError):
+class StaleSelectionError(StaleOutputError, ValueError):
     """A selection directory that no longer matches the pool it is used with."""
 
 
