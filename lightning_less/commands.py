@@ -95,7 +95,7 @@ def inspect_selection(
         pool: pool jsonl file(s) for the texts; default: the pool files recorded in the manifest.
     """
     from lightning_less.analysis.inspect import inspect_selection as inspect_view
-    from lightning_less.analysis.report import setup_logging
+    from lightning_less.console import setup_logging
 
     setup_logging()
     return inspect_view(selection, target_index, subtask, top_k, targets, pool)

@@ -41,7 +41,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lightning_less.data.records import Record, RecordError, file_sha256, read_records
+from lightning_less.console import setup_logging
+from lightning_less.data.records import Record, RecordError, as_paths, file_sha256, read_records
 from lightning_less.selection.outputs import Selection, StaleSelectionError, read_selection
 
 log = logging.getLogger(__name__)
@@ -57,46 +58,6 @@ MAX_TEXT_CHARS = 1500
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def setup_logging() -> None:
-    """Attach a rich handler to the package logger when nothing is configured (CLI use)."""
-    pkg = logging.getLogger("lightning_less")
-    if pkg.handlers or logging.getLogger().handlers:
-        return
-    try:
-        from rich.logging import RichHandler
-
-        handler: logging.Handler = RichHandler(show_path=False, markup=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    except ImportError:  # pragma: no cover - rich is a dependency
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    pkg.addHandler(handler)
-    if pkg.level == logging.NOTSET:
-        pkg.setLevel(logging.INFO)
-
-
-def as_paths(value: Any) -> list[str]:
-    """File paths from a CLI value or a manifest entry.
-
-    Accepts ``None``, a path, a list of paths, or a list of ``{"path": ...}`` dicts
-    (as :func:`~lightning_less.data.records.files_fingerprint` writes them).
-    """
-    if value is None:
-        return []
-    if isinstance(value, (str, os.PathLike)):
-        return [os.fspath(value)]
-    if isinstance(value, dict):
-        if "path" in value:
-            return [str(value["path"])]
-        if "paths" in value:
-            return as_paths(value["paths"])
-        return []
-    out: list[str] = []
-    for item in value:
-        out.extend(as_paths(item))
-    return out
 
 
 def subtask_label(record: Record) -> str:

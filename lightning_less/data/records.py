@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from lightning_less.errors import InputError
 
@@ -224,3 +224,25 @@ def read_raw_lines(records: Sequence[Record]) -> list[bytes]:
     if missing:
         raise RecordError(missing[0].path, missing[0].line, "line is blank or gone: the file changed since it was read")
     return [raw[(r.path, r.line)] for r in records]
+
+
+def as_paths(value: Any) -> list[str]:
+    """File paths from a CLI value or a manifest entry.
+
+    Accepts ``None``, a path, a list of paths, or a list of ``{"path": ...}`` dicts
+    (as :func:`~lightning_less.data.records.files_fingerprint` writes them).
+    """
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [os.fspath(value)]
+    if isinstance(value, dict):
+        if "path" in value:
+            return [str(value["path"])]
+        if "paths" in value:
+            return as_paths(value["paths"])
+        return []
+    out: list[str] = []
+    for item in value:
+        out.extend(as_paths(item))
+    return out
