@@ -75,7 +75,8 @@ def load_pool(sel: Selection, pool: Any, warnings: list[str]) -> tuple[Selection
         return sel, None, note
     missing = [p for p in recorded if not os.path.isfile(p)]
     if missing:
-        return sel, None, _warn(warnings, f"pool file(s) recorded in the manifest not found: {', '.join(missing)} (pass --pool)")
+        note = f"pool file(s) recorded in the manifest not found: {', '.join(missing)} (pass --pool)"
+        return sel, None, _warn(warnings, note)
     log.info("reading pool records from the manifest's pool files: %s", ", ".join(recorded))
     try:
         records = read_records(recorded)
@@ -106,7 +107,8 @@ def load_targets(manifest: dict[str, Any], targets: Any, warnings: list[str]) ->
         return None, "no target files given (--targets) or recorded in the manifest"
     missing = [p for p in recorded if not os.path.isfile(p)]
     if missing:
-        return None, _warn(warnings, f"target file(s) recorded in the manifest not found: {', '.join(missing)} (pass --targets)")
+        note = f"target file(s) recorded in the manifest not found: {', '.join(missing)} (pass --targets)"
+        return None, _warn(warnings, note)
     log.info("reading target records from the manifest's target files: %s", ", ".join(recorded))
     entries = manifest["inputs"]["targets"]
     for entry in entries if isinstance(entries, list) else [entries]:

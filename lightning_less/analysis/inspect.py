@@ -167,7 +167,8 @@ def inspect(
         if target_records is None:
             raise InputError(f"--target_index needs the target examples: {targets_note}")
         if int(target_index) != target_index or not 0 <= target_index < len(target_records):
-            raise InputError(f"--target_index must be in [0, {len(target_records)}) (the number of target examples), got {target_index}")
+            raise InputError(f"--target_index must be in [0, {len(target_records)}) (the number of target examples), "
+                             f"got {target_index}")
         target = target_records[int(target_index)]
         subtask = subtask_label(target)
         notes.append(
@@ -192,23 +193,17 @@ def inspect(
                        warnings)
 
 
-def inspect_selection(
-    selection: str,
-    target_index: int | None = None,
-    subtask: str | None = None,
-    top_k: int = 10,
-    targets: list[str] | str | None = None,
-    pool: list[str] | str | None = None,
-) -> list[InspectRow]:
+def inspect_selection(*args: Any, **kwargs: Any) -> list[InspectRow]:
     """Deprecated: the positional entry point ``lightning_less.commands.inspect_selection`` still calls.
 
-    The command line of ``commands.py`` prints only dict results, so this prints the view
-    of :func:`inspect` once and returns its rows; a command line that prints ``__rich__``
-    results calls :func:`inspect` instead, and this goes away with ``commands.py``.
+    Takes :func:`inspect`'s arguments in its order. The command line of ``commands.py``
+    prints only dict results, so this prints the view once and returns its rows; a
+    command line that prints ``__rich__`` results calls :func:`inspect` instead, and this
+    goes away with ``commands.py``.
     """
     from rich.console import Console
 
-    view = inspect(selection=selection, target_index=target_index, subtask=subtask, top_k=top_k, targets=targets,
-                   pool=pool)
+    names = ("selection", "target_index", "subtask", "top_k", "targets", "pool")
+    view = inspect(**dict(zip(names, args)), **kwargs)
     Console().print(view)
     return view.rows

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import base64
 import html
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,9 +72,10 @@ def _summary_html(nums: dict[str, Any]) -> str:
     if nums["budget_count"] is not None:
         budget.append(f"count {nums['budget_count']}")
     rows = [
-        f'<tr><th>method</th><td data-key="method" data-value="{esc(exact_text(nums["method"]))}" colspan="2">{esc(nums["method"])}</td></tr>',
-        f'<tr><th>budget</th><td colspan="2" data-key="budget" data-value="{esc(", ".join(budget))}">'
-        f'{esc(", ".join(budget) or "—")}</td></tr>',
+        (f'<tr><th>method</th><td data-key="method" data-value="{esc(exact_text(nums["method"]))}" colspan="2">'
+         f'{esc(nums["method"])}</td></tr>'),
+        (f'<tr><th>budget</th><td colspan="2" data-key="budget" data-value="{esc(", ".join(budget))}">'
+         f'{esc(", ".join(budget) or "—")}</td></tr>'),
         f'<tr><th>budget k (manifest)</th>{_cell("budget_k", nums["budget_k"])}<td></td></tr>',
         f'<tr><th>k (selected, scores.csv)</th>{_cell("k", nums["k"])}<td></td></tr>',
         f'<tr><th>n_pool</th>{_cell("n_pool", nums["n_pool"])}<td></td></tr>',
@@ -184,13 +186,15 @@ def render_html(nums: dict[str, Any], comp: list[dict[str, Any]], plots: dict[st
     title = f"Selection report: {method} — {sel.path}"
     notes = "".join(f'<p class="warning">{esc(w)}</p>' for w in inputs.warnings)
     if nums["budget_k"] is not None and nums["budget_k"] != nums["k"]:
-        notes += f'<p class="warning">the manifest budget k ({nums["budget_k"]}) differs from the number selected in scores.csv ({nums["k"]}).</p>'
+        notes += (f'<p class="warning">the manifest budget k ({nums["budget_k"]}) differs from the number selected '
+                  f'in scores.csv ({nums["k"]}).</p>')
 
     def plot_or_note(name: str, alt: str, missing: str) -> str:
         data = plots.get(name)
         return _img(name, data, alt) if data else f'<p class="note" id="plot-{name}-missing">{esc(missing)}</p>'
 
     scored = has_scores(sel.table["score"])
+    no_subtasks = "no per-subtask score columns in this selection." if scored else NO_SCORES + "."
     body = f"""
 <h1>Selection report: <span id="method">{esc(method)}</span></h1>
 <p class="meta">selection <code>{esc(sel.path)}</code> · library {esc(sel.manifest.get('library_version', '?'))} ·
@@ -199,12 +203,12 @@ def render_html(nums: dict[str, Any], comp: list[dict[str, Any]], plots: dict[st
 <h2>Summary</h2>
 {_summary_html(nums)}
 <h2>(a) Score distribution</h2>
-{plot_or_note("scores", "score distribution", NO_SCORES) if scored else f'<p class="note" id="plot-scores-missing">{NO_SCORES}.</p>'}
+{plot_or_note("scores", "score distribution", NO_SCORES + ".")}
 <h2>(b) Composition by source</h2>
 {plot_or_note("composition", "composition by source", "")}
 {_composition_html(comp)}
 <h2>(c) Per-subtask score distributions</h2>
-{plot_or_note("subtasks", "per-subtask scores", NO_SCORES + "." if not scored else "no per-subtask score columns in this selection.")}
+{plot_or_note("subtasks", "per-subtask scores", no_subtasks)}
 <h2>(d) Length distribution</h2>
 {plot_or_note("lengths", "length distribution", "pool records unavailable: " + inputs.pool_note)}
 <h2>(e) Top pool examples per target subtask</h2>

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import io
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -64,10 +65,12 @@ def png_bytes(fig: Figure) -> bytes:
 
 def category_ticks(ax: Axes, labels: Sequence[str], rotate: bool) -> None:
     """One x tick per category at ``0 .. n-1``; ``rotate`` slants them so long names do not overlap."""
-    ax.set_xticks(np.arange(len(labels)), list(labels), rotation=30 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_xticks(np.arange(len(labels)), list(labels), rotation=30 if rotate else 0,
+                  ha="right" if rotate else "center")
 
 
-def _axes(width: float, height: float, *, title: str, xlabel: str, ylabel: str, **margins: float) -> tuple[Figure, Axes]:
+def _axes(width: float, height: float, *, title: str, xlabel: str, ylabel: str,
+          **margins: float) -> tuple[Figure, Axes]:
     """A figure with one titled, labelled axes."""
     fig = new_figure(width, height, **margins)
     ax = fig.add_subplot()
@@ -119,7 +122,10 @@ def plot_scores(sel: Selection) -> bytes | None:
 
 
 def plot_composition(rows: list[dict[str, Any]]) -> bytes:
-    """(b) Pool and selected share per source (:func:`~lightning_less.analysis.stats.composition`), counts on the bars."""
+    """(b) Pool and selected share per source (from :func:`~lightning_less.analysis.stats.composition`).
+
+    The bars are labelled with the counts.
+    """
     rotate = len(rows) > 4
     fig, ax = _axes(max(6.0, 0.9 * len(rows) + 3), 4.5, title="Composition by source (bar labels: counts)", xlabel="",
                     ylabel="share", bottom=0.3 if rotate else 0.12)

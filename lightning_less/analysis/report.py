@@ -156,18 +156,13 @@ def report(
     }
 
 
-def report_command(
-    selection: str,
-    output: str | None = None,
-    pool: list[str] | str | None = None,
-    targets: list[str] | str | None = None,
-    top_n: int = 5,
-) -> dict[str, Any]:
+def report_command(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """Deprecated: the positional entry point ``lightning_less.commands.report`` still calls; use :func:`report`.
 
-    Sets up logging (which the command line will do itself) and returns :func:`report`'s dict.
+    Takes :func:`report`'s arguments in its order, sets up logging (which the command
+    line will do itself) and returns :func:`report`'s dict.
     """
     from lightning_less.console import setup_logging
 
     setup_logging()
-    return report(selection=selection, output=output, pool=pool, targets=targets, top_n=top_n)
+    return report(**dict(zip(("selection", "output", "pool", "targets", "top_n"), args)), **kwargs)

@@ -6,7 +6,8 @@ manifest, so that a page or a table built from it agrees with the file a user ca
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,7 @@ def summary_numbers(sel: Selection, pool: Sequence[Record] | None = None) -> dic
         "budget_count": budget.get("count"),
         "budget_k": budget.get("k"),
         "k": int(chosen.sum()),
-        "n_pool": int(len(table["index"])),
+        "n_pool": len(table["index"]),
         "seed": manifest.get("seed"),
     }
     for part, values in (("selected", scores[chosen]), ("pool", scores)):

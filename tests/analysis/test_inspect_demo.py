@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from lightning_less.data.demo import generate_demo_data
-from lightning_less.data.records import read_records
 from lightning_less.analysis.inspect import inspect
 from lightning_less.analysis.report import build_report
+from lightning_less.data.demo import generate_demo_data
+from lightning_less.data.records import read_records
 from lightning_less.selection.outputs import read_selection
 from lightning_less.selection.runner import run_selection
 
@@ -22,5 +22,5 @@ def test_inspect_and_report_on_the_demo(tmp_path):
     # On this data the lexical method's top examples are the Spanish ones.
     assert all(pool[r.index].source.endswith("_es") for r in rows)
     files = build_report(str(sel_dir), output=str(tmp_path / "report"))
-    html = open(files["index"], encoding="utf-8").read()
+    html = files["index"].read_text(encoding="utf-8")
     assert f'data-value="{len(sel.selected)}"' in html and "last_letter_es" in html

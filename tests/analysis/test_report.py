@@ -33,23 +33,23 @@ class KeyParser(HTMLParser):
         self.images: list[dict] = []
 
     @override
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        named = dict(attrs)
         if tag == "img":
-            self.images.append(attrs)
+            self.images.append(named)
             return
-        item = {"tag": tag, **attrs, "text": ""} if "data-key" in attrs else None
+        item = {"tag": tag, **named, "text": ""} if "data-key" in named else None
         if item is not None:
             self.items.append(item)
         self._open.append(item)
 
     @override
-    def handle_endtag(self, tag):
+    def handle_endtag(self, tag: str) -> None:
         if self._open:
             self._open.pop()
 
     @override
-    def handle_data(self, data):
+    def handle_data(self, data: str) -> None:
         for item in self._open:
             if item is not None:
                 item["text"] += data
