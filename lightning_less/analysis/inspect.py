@@ -6,76 +6,155 @@ example against one single target example is not stored and cannot be recomputed
 without the gradient (or hidden-state) features. So ``--subtask`` shows that subtask's
 top-k pool examples, and ``--target_index`` shows the ranking of the subtask the target
 example belongs to, and says so.
+
+:func:`inspect` returns an :class:`InspectView`: its ``rows`` for programs, and a rich
+rendering (``__rich__``) whose table fits the terminal width for the command line.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from lightning_less.analysis.report import (
-    has_scores,
-    load_pool,
-    load_targets,
-    ranking,
-    subtask_columns,
-    subtask_label,
-)
+from lightning_less.analysis.formatting import one_line
+from lightning_less.analysis.inputs import load_pool, load_targets
+from lightning_less.analysis.stats import SCORE_PREFIX, has_scores, ranking, subtask_columns, subtask_label
+from lightning_less.data.records import Record
+from lightning_less.errors import InputError
 from lightning_less.selection.outputs import read_selection
+
+if TYPE_CHECKING:
+    from rich.console import Group
 
 log = logging.getLogger(__name__)
 
-Row = tuple[int, int, float, str, str]
+# (header, justify) of the table's columns; every column but the text keeps to one line.
+COLUMNS = (("rank", "right"), ("index", "right"), ("score", "right"), ("id", "left"), ("source", "left"),
+           ("selected", "right"), ("text", "left"))
 
 
-def _one_line(text: str, limit: int = 120) -> str:
-    flat = " ⏎ ".join(part for part in text.splitlines() if part.strip())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+class InspectRow(NamedTuple):
+    """One ranked pool example."""
+
+    rank: int
+    """Position in the subtask's ranking, from 1."""
+    index: int
+    """Pool index (over the pool files, in order)."""
+    score: float
+    """The example's value in the ranking column."""
+    id: str
+    """The record id, from ``scores.csv``."""
+    source: str
+    """The record source, from ``scores.csv``."""
+    selected_rank: int | None
+    """The example's rank in the selection, ``None`` when it was not selected."""
+    text: str | None
+    """The record text, ``None`` when the pool records are unavailable."""
 
 
-def inspect_selection(
-    selection: str | os.PathLike,
+@dataclass(frozen=True)
+class InspectView:
+    """The top-k pool examples of one target subtask, and what a reader needs to know about them."""
+
+    selection: Path
+    """The selection directory."""
+    method: str | None
+    """The selection method (from the manifest)."""
+    subtask: str
+    """The target subtask shown."""
+    column: str
+    """The ``scores.csv`` column that ranks the pool."""
+    n_scored: int
+    """Pool examples with a score in ``column``."""
+    rows: list[InspectRow]
+    """The ranking: descending score, ties by ascending pool index."""
+    target: Record | None = None
+    """The target example asked for with ``target_index``."""
+    notes: list[str] = field(default_factory=list)
+    """What the ranking is (when it is not simply the subtask's own column)."""
+    warnings: list[str] = field(default_factory=list)
+    """Recorded input files that were skipped or have changed."""
+
+    def __rich__(self) -> Group:
+        """A header and a one-line-per-example table that fits the console width (texts are cut to fit)."""
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        head = [
+            Text.assemble(("selection ", "bold"), str(self.selection), ("  method ", "bold"), str(self.method)),
+            Text.assemble(("subtask ", "bold"), self.subtask, ("  ranked by ", "bold"), self.column,
+                          f"  (top {len(self.rows)} of {self.n_scored} scored pool examples)"),
+        ]
+        if self.target is not None:
+            head.append(Text.assemble(("target ", "bold"), one_line(self.target.text, 300)))
+        head += [Text(note, style="yellow") for note in [*self.notes, *self.warnings]]
+        table = Table()
+        for name, justify in COLUMNS:
+            # Only the text column may shrink: rich narrows wrappable columns first to fit the width.
+            table.add_column(name, justify=justify, no_wrap=name != "text", overflow="ellipsis")
+        for r in self.rows:
+            text = one_line(r.text) if r.text is not None else "(pool records unavailable)"
+            cells = (str(r.rank), str(r.index), f"{r.score:.6g}", r.id, r.source,
+                     "" if r.selected_rank is None else f"#{r.selected_rank}")
+            # Text objects, not strings: ids and record texts are not rich markup.
+            table.add_row(*(Text(c) for c in cells), Text(text, no_wrap=True, overflow="ellipsis"))
+        return Group(*head, table)
+
+
+def _ranking_column(table: dict[str, Any], subtask: str, method: str | None, path: Path, notes: list[str]) -> str:
+    """The column that ranks the pool for ``subtask`` (see :func:`inspect`'s ``Raises``)."""
+    columns = subtask_columns(table)
+    own = f"{SCORE_PREFIX}{subtask}"
+    if own in table and has_scores(table[own]):
+        return own
+    scored = has_scores(table["score"])
+    if not columns and scored:
+        notes.append("this selection has no per-subtask scores: ranking by the aggregate 'score' column.")
+        return "score"
+    if not columns:
+        raise InputError(f"{path}: method {method!r} wrote no scores; there is no ranking to inspect")
+    raise InputError(f"unknown subtask {subtask!r} (--subtask); this selection has scores for: {', '.join(columns)}")
+
+
+def inspect(
+    *,
+    selection: str,
     target_index: int | None = None,
     subtask: str | None = None,
     top_k: int = 10,
-    targets: Any = None,
-    pool: Any = None,
-    console: Any = None,
-) -> list[Row]:
-    """Print the top-k pool examples of one target subtask and return them.
+    targets: list[str] | str | None = None,
+    pool: list[str] | str | None = None,
+) -> InspectView:
+    """Show the top-k pool examples of one target subtask of a selection, with their scores.
 
     Args:
         selection: the selection directory.
-        target_index: a target example's index (over the target files, in order); its
-            subtask's ranking is shown. Needs the targets (``targets`` or the manifest's
-            ``inputs.targets``). Exclusive with ``subtask``.
+        target_index: a target example's index (over the target files, in order); shows the
+            ranking of its subtask (per-example scores need the gradient features). Needs the
+            targets (``targets`` or the manifest's ``inputs.targets``). Exclusive with ``subtask``.
         subtask: the target subtask whose ranking (``score/<subtask>``) is shown.
-        top_k: how many pool examples to show.
+        top_k: number of pool examples to show.
         targets: target jsonl file(s); default: the manifest's ``inputs.targets``.
-        pool: pool jsonl file(s) for the texts; default: the manifest's pool files.
-        console: a :class:`rich.console.Console` to print to (default: a new one).
+        pool: pool jsonl file(s) for the texts; default: the pool files recorded in the manifest.
 
     Returns:
-        ``[(rank, pool index, score, id, text)]`` in ranking order: descending score,
-        ties by ascending pool index; ``text`` is empty when the pool records are unavailable.
+        The view: ``rows`` in ranking order (descending score, ties by ascending pool
+        index), and a rich rendering of them.
 
     Raises:
-        ValueError: without exactly one of ``target_index`` / ``subtask``, for an unknown
-            subtask or out-of-range target index, or for a selection without scores.
+        InputError: without exactly one of ``target_index`` / ``subtask``, for a ``top_k``
+            that is not a positive integer, an unknown subtask, an out-of-range target
+            index or one without targets, or a selection without scores.
     """
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
     if (target_index is None) == (subtask is None):
-        raise ValueError("give exactly one of target_index and subtask")
-    if int(top_k) != top_k or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-    console = console or Console()
+        raise InputError("give exactly one of --target_index and --subtask")
+    if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1:
+        raise InputError(f"--top_k must be a positive integer, got {top_k!r}")
     log.info("reading selection %s", selection)
     sel = read_selection(Path(selection))
     method = sel.manifest.get("method")
@@ -86,9 +165,10 @@ def inspect_selection(
     if target_index is not None:
         target_records, targets_note = load_targets(sel.manifest, targets, warnings)
         if target_records is None:
-            raise ValueError(f"--target_index needs the target examples: {targets_note}")
+            raise InputError(f"--target_index needs the target examples: {targets_note}")
         if int(target_index) != target_index or not 0 <= target_index < len(target_records):
-            raise ValueError(f"target_index must be in [0, {len(target_records)}), got {target_index}")
+            raise InputError(f"--target_index must be in [0, {len(target_records)}) (the number of target examples), "
+                             f"got {target_index}")
         target = target_records[int(target_index)]
         subtask = subtask_label(target)
         notes.append(
@@ -96,42 +176,34 @@ def inspect_selection(
             "cannot be recomputed from a selection directory (they need the gradient features): "
             f"showing the ranking of subtask {subtask!r}, the mean over its target examples."
         )
-
-    table = sel.table
-    columns = subtask_columns(table)
-    if f"score/{subtask}" in table and has_scores(table[f"score/{subtask}"]):
-        column = f"score/{subtask}"
-    elif not columns and has_scores(table["score"]):
-        column = "score"
-        notes.append("this selection has no per-subtask scores: ranking by the aggregate 'score' column.")
-    elif not has_scores(table["score"]) and not columns:
-        raise ValueError(f"{sel.path}: method {method!r} wrote no scores; there is no ranking to inspect")
-    else:
-        raise ValueError(f"unknown subtask {subtask!r}; this selection has scores for: {', '.join(columns)}")
+    assert subtask is not None  # given, or the target's
+    column = _ranking_column(sel.table, subtask, method, sel.path, notes)
 
     sel, records, _ = load_pool(sel, pool, warnings)
     table = sel.table
-    order = ranking(table[column], table["index"])[: int(top_k)]
-    rows: list[Row] = []
-    for position, row in enumerate(order, start=1):
+    rows = []
+    for position, row in enumerate(ranking(table[column], table["index"])[: int(top_k)], start=1):
         idx = int(table["index"][row])
-        text = records[idx].text if records is not None else ""
-        rows.append((position, idx, float(table[column][row]), table["id"][row], text))
+        rows.append(InspectRow(
+            rank=position, index=idx, score=float(table[column][row]), id=table["id"][row], source=table["source"][row],
+            selected_rank=int(table["rank"][row]) if table["selected"][row] else None,
+            text=records[idx].text if records is not None else None,
+        ))
+    return InspectView(sel.path, method, subtask, column, int(np.isfinite(table[column]).sum()), rows, target, notes,
+                       warnings)
 
-    console.print(Text.assemble(("selection ", "bold"), str(sel.path), ("  method ", "bold"), str(method)))
-    console.print(Text.assemble(("subtask ", "bold"), str(subtask), ("  ranked by ", "bold"), column,
-                                f"  (top {len(rows)} of {int(np.isfinite(table[column]).sum())} scored pool examples)"))
-    if target is not None:
-        console.print(Text.assemble(("target ", "bold"), _one_line(target.text, 300)))
-    for note in [*notes, *warnings]:
-        console.print(Text(note, style="yellow"))
-    view = Table(show_lines=False)
-    for name, justify in (("rank", "right"), ("index", "right"), ("score", "right"), ("id", "left"),
-                          ("source", "left"), ("selected", "right"), ("text", "left")):
-        view.add_column(name, justify=justify, overflow="fold" if name == "text" else "ellipsis")
-    for (position, idx, score, rid, text), row in zip(rows, order):
-        chosen = f"#{int(table['rank'][row])}" if table["selected"][row] else ""
-        view.add_row(*(Text(v) for v in (str(position), str(idx), f"{score:.6g}", rid, table["source"][row], chosen,
-                                         _one_line(text) if records is not None else "(pool records unavailable)")))
-    console.print(view)
-    return rows
+
+def inspect_selection(*args: Any, **kwargs: Any) -> list[InspectRow]:
+    """Deprecated: the positional entry point ``lightning_less.commands.inspect_selection`` still calls.
+
+    Takes :func:`inspect`'s arguments in its order. The command line of ``commands.py``
+    prints only dict results, so this prints the view once and returns its rows; a
+    command line that prints ``__rich__`` results calls :func:`inspect` instead, and this
+    goes away with ``commands.py``.
+    """
+    from rich.console import Console
+
+    names = ("selection", "target_index", "subtask", "top_k", "targets", "pool")
+    view = inspect(**dict(zip(names, args)), **kwargs)
+    Console().print(view)
+    return view.rows

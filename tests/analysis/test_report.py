@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import csv
 import re
 import shutil
 import subprocess
@@ -12,80 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typing_extensions import override
 
-from lightning_less.data.records import read_records
-from lightning_less.data.records import files_fingerprint
-from lightning_less.analysis.report import NO_SCORES, PLOT_FILES, as_paths, build_report, load_targets
-from lightning_less.selection.budget import budget_info, top_k
-from lightning_less.selection.outputs import StaleSelectionError, write_selection
-from tests.helpers import write_jsonl
+from lightning_less.analysis.page import NO_SCORES
+from lightning_less.analysis.plots import PLOT_FILES
+from lightning_less.analysis.report import build_report, report
+from lightning_less.errors import InputError
+from lightning_less.selection.outputs import StaleSelectionError
+from tests.analysis.selections import SUBTASKS, make_random_selection, make_scored_selection, read_scores_csv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SUBTASKS = ("arith", "geo & <maps>")  # a name that must be escaped in HTML
-
-
-def make_pool(root: Path) -> list[Path]:
-    """Three pool files in the three record formats, each with a ``dataset`` field."""
-    a = [
-        {"dataset": "flan", "id": f"f{i}", "instruction": f"Add {i} and {i + 1}.", "input": "", "output": str(2 * i + 1)}
-        for i in range(12)
-    ]
-    a[3]["instruction"] = "Explain <script>alert('x')</script> & tags " + "word " * 40
-    b = [
-        {"dataset": "dolly", "id": f"d{i}", "prompt": f"Name a city in country number {i}.", "completion": "Paris " * (1 + i % 4)}
-        for i in range(8)
-    ]
-    c = [
-        {"dataset": "oasst", "id": f"o{i}", "messages": [
-            {"role": "user", "content": f"Where is landmark {i} located on the map?"},
-            {"role": "assistant", "content": "It is in " + "the north " * (i % 3 + 1)},
-        ]}
-        for i in range(10)
-    ]
-    return [write_jsonl(root / "pool_a.jsonl", a), write_jsonl(root / "pool_b.jsonl", b), write_jsonl(root / "pool_c.jsonl", c)]
-
-
-def make_targets(root: Path) -> Path:
-    recs = [
-        {"id": f"t-ar{i}", "subtask": SUBTASKS[0], "prompt": f"What is {i} plus {i}?", "completion": str(2 * i)} for i in range(3)
-    ] + [
-        {"id": f"t-geo{i}", "subtask": SUBTASKS[1], "prompt": f"Where is place {i}? <b>bold</b>", "completion": "north"}
-        for i in range(2)
-    ]
-    return write_jsonl(root / "targets.jsonl", recs)
-
-
-def make_scored_selection(root: Path, k: int = 6, record_targets: bool = True) -> dict:
-    pool_paths = make_pool(root / "data")
-    targets = make_targets(root / "data")
-    pool = read_records(pool_paths)
-    n = len(pool)
-    rng = np.random.default_rng(0)
-    per_subtask = np.round(rng.normal(size=(n, 2)), 2)  # rounded: ties happen
-    per_subtask[[1, 5, 20], 0] = 9.0  # a three-way tie at the top of the first subtask
-    per_subtask[3, 1] = 5.0  # the record with HTML in its text is shown
-    scores = per_subtask.max(axis=1)
-    selected = top_k(scores, k)
-    out = root / "sel_less"
-    inputs = {"targets": [str(targets)]} if record_targets else {}
-    write_selection(out, pool, selected, scores, "less", budget_info(n, count=k), seed=3, inputs=inputs,
-                    per_subtask=(SUBTASKS, per_subtask))
-    return {"dir": out, "pool_paths": pool_paths, "targets": targets, "pool": pool}
-
-
-def make_random_selection(root: Path) -> dict:
-    pool_paths = make_pool(root / "data")
-    pool = read_records(pool_paths)
-    k = 6  # the budget: 20% of 30
-    selected = np.sort(np.random.default_rng(1).choice(len(pool), size=k, replace=False))
-    out = root / "sel_random"
-    write_selection(out, pool, selected, None, "random", budget_info(len(pool), fraction=0.2), seed=1)
-    return {"dir": out, "pool_paths": pool_paths, "pool": pool}
-
-
-def read_scores_csv(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 class KeyParser(HTMLParser):
@@ -97,21 +32,24 @@ class KeyParser(HTMLParser):
         self._open: list[dict | None] = []
         self.images: list[dict] = []
 
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
+    @override
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        named = dict(attrs)
         if tag == "img":
-            self.images.append(attrs)
+            self.images.append(named)
             return
-        item = {"tag": tag, **attrs, "text": ""} if "data-key" in attrs else None
+        item = {"tag": tag, **named, "text": ""} if "data-key" in named else None
         if item is not None:
             self.items.append(item)
         self._open.append(item)
 
-    def handle_endtag(self, tag):
+    @override
+    def handle_endtag(self, tag: str) -> None:
         if self._open:
             self._open.pop()
 
-    def handle_data(self, data):
+    @override
+    def handle_data(self, data: str) -> None:
         for item in self._open:
             if item is not None:
                 item["text"] += data
@@ -282,19 +220,38 @@ def test_report_pool_and_target_sources(tmp_path):
     assert "not found" in page and "pool records unavailable" in page
 
 
-def test_paths_from_manifest_entries(tmp_path):
-    assert as_paths(None) == [] and as_paths("a.jsonl") == ["a.jsonl"] and as_paths(tmp_path) == [str(tmp_path)]
-    assert as_paths([{"path": "a", "sha256": "x"}, "b"]) == ["a", "b"]
-    # Targets recorded as fingerprints (as the pipeline writes them); a changed file is read with a warning.
-    targets = make_targets(tmp_path)
-    manifest = {"inputs": {"targets": files_fingerprint([targets])}}
-    warnings: list[str] = []
-    records, _ = load_targets(manifest, None, warnings)
-    assert len(records) == 5 and warnings == []
-    with open(targets, "a", encoding="utf-8") as f:
-        f.write('{"prompt": "p", "completion": "c", "subtask": "arith"}\n')
-    records, _ = load_targets(manifest, None, warnings)
-    assert len(records) == 6 and len(warnings) == 1 and "changed" in warnings[0]
+def test_report_command_returns_what_it_wrote(tmp_path):
+    import json
+
+    fx = make_scored_selection(tmp_path)
+    (fx["pool_paths"][0].parent / "targets.jsonl").unlink()  # a recorded target file gone: one warning
+    out = tmp_path / "rep"
+    result = report(selection=str(fx["dir"]), output=str(out), top_n=2)
+    assert json.loads(json.dumps(result)) == result  # JSON-able as it is: no Path, no numpy values
+    assert result["selection"] == str(fx["dir"]) and result["index"] == str(out / "index.html")
+    assert result["plots"] == {name: str(out / file) for name, file in PLOT_FILES.items()}
+    assert sorted(p.name for p in out.iterdir()) == sorted(["index.html", *PLOT_FILES.values()])
+    assert len(result["warnings"]) == 1 and "not found" in result["warnings"][0]
+    assert result["warnings"][0] in out.joinpath("index.html").read_text(encoding="utf-8")  # the page says so too
+    with pytest.raises(InputError, match="--top_n must be a positive integer"):
+        report(selection=str(fx["dir"]), output=str(out), top_n=0)
+
+
+def test_failed_report_leaves_no_page(tmp_path, monkeypatch):
+    import lightning_less.analysis.report as report_module
+
+    fx = make_random_selection(tmp_path)
+    index = build_report(fx["dir"])["index"]
+    assert index.is_file()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("rendering failed")
+
+    monkeypatch.setattr(report_module, "render_html", broken)
+    with pytest.raises(RuntimeError, match="rendering failed"):
+        build_report(fx["dir"])
+    # The earlier page is gone rather than left beside plots of this run; no temporary file either.
+    assert sorted(p.name for p in index.parent.iterdir()) == ["composition.png", "lengths.png"]
 
 
 def test_report_cli(tmp_path, capsys, monkeypatch):
