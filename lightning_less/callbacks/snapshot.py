@@ -1,6 +1,6 @@
 """``GradientFeatureCallback``: snapshots of LoRA weights and Adam moments at every epoch end.
 
-LESS (ALGORITHMS.md 1.1) needs, for each warmup epoch i, the adapter theta_i, Adam's
+LESS (docs/algorithms.md §1.1) needs, for each warmup epoch i, the adapter theta_i, Adam's
 moments m_i and v_i keyed by parameter *name*, betas, eps, and eta_i = the mean
 learning rate over the epoch's optimizer steps. This callback writes exactly that, from
 any Lightning training whose LightningModule holds a PEFT model and whose optimizer is

@@ -20,7 +20,7 @@ from lightning_less.models.loading import load_tokenizer
 def sample_fraction(n: int, fraction: float, seed: int) -> np.ndarray:
     """A seeded uniform sample of ``round(n * fraction)`` (at least 1) positions out of ``n``, sorted.
 
-    The seed given is the seed used (the reference code ignored it, ALGORITHMS.md 4).
+    The seed given is the seed used (the reference code ignored it, docs/algorithms.md §5).
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
@@ -173,7 +173,7 @@ class InstructionDataModule(pl.LightningDataModule):
         predict_files: jsonl files for the gradient / trajectory passes.
         tokenizer_name_or_path: tokenizer name or path (linked to the model's by the CLI).
         max_length: truncation length in tokens.
-        template: ``"tulu"`` (ALGORITHMS.md 1.5) or ``"chat_template"`` (the tokenizer's).
+        template: ``"tulu"`` (docs/algorithms.md §4) or ``"chat_template"`` (the tokenizer's).
         train_fraction: train on a seeded random fraction of ``train_files`` (LESS warmup: 0.05).
         seed: seed of that sample.
         batch_size: training batch size per device.

@@ -17,7 +17,7 @@ from lightning_less.models.loading import load_causal_lm, load_tokenizer
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
 
 class LoRAInstructionTuningModule(pl.LightningModule):
-    """LoRA instruction tuning of a Hugging Face causal LM (ALGORITHMS.md 1.1 and 1.4).
+    """LoRA instruction tuning of a Hugging Face causal LM (docs/algorithms.md §1.1 and §1.7).
 
     The training loss is the causal-LM cross-entropy over the batch's response tokens;
     validation and test report the target loss (mean of each example's own token-mean
