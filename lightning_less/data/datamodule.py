@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
 from lightning_less.data.formatting import IGNORE_INDEX, TemplateName, encode_messages, has_response_token, tulu_prompt
 from lightning_less.data.records import Record, read_records
@@ -247,6 +248,7 @@ class InstructionDataModule(pl.LightningDataModule):
         self.datasets[split] = ds
         return ds
 
+    @override
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self._dataset("train")
@@ -265,15 +267,19 @@ class InstructionDataModule(pl.LightningDataModule):
         size = self.batch_size if split == "train" else self.eval_batch_size
         return DataLoader(ds, batch_size=size, shuffle=shuffle, collate_fn=collate, num_workers=self.num_workers)
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
+    @override
     def val_dataloader(self) -> DataLoader | list:
         # No validation files means no validation loop (Lightning skips an empty list).
         return self._loader("val", shuffle=False) if self.val_files else []
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
+    @override
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", shuffle=False)

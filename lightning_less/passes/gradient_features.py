@@ -24,6 +24,7 @@ from typing import Any, Literal, Sequence
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from typing_extensions import override
 
 from lightning_less.callbacks.snapshot import Snapshot, list_snapshots, load_snapshot
 from lightning_less.data.records import file_sha256
@@ -149,6 +150,7 @@ class GradientFeatureModule(pl.LightningModule):
     def snapshot_names(self) -> list[str]:
         return [s.name for s in self.snapshots]
 
+    @override
     def configure_callbacks(self):
         return [ShardedStoreWriter("gradient datastore")]
 
@@ -157,6 +159,7 @@ class GradientFeatureModule(pl.LightningModule):
         return self.manifest(dataset), self.snapshot_names, self.dims, self.store_dtype
 
     # ---------------------------------------------------------------- set up
+    @override
     def setup(self, stage: str) -> None:
         if stage != "predict":
             raise RuntimeError("GradientFeatureModule only runs `predict` (the gradient pass)")
@@ -188,6 +191,7 @@ class GradientFeatureModule(pl.LightningModule):
         }
 
     # --------------------------------------------------------------- compute
+    @override
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict | None:
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
