@@ -7,7 +7,8 @@
   calls with a literal ``"lightning_less..."`` name count as imports too.
 * No file of ``lightning_less`` is over 400 lines.
 * Nothing in the repository refers to files outside it (the planning notes the project
-  started from): the project's own docs are ``docs/algorithms.md`` and ``docs/architecture.md``.
+  started from): the project's own docs are ``docs/algorithms.md`` and ``docs/architecture.md``,
+  and every ``docs/algorithms.md §N`` / ``docs/architecture.md "<heading>"`` names a real heading.
 * Every Lightning hook a ``Callback`` / ``LightningModule`` / ``LightningDataModule``
   subclass of ``lightning_less`` overrides carries ``@override``, so a hook renamed
   upstream (or misspelled here) is reported by type checkers instead of silently never
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import re
 import subprocess
 from pathlib import Path
 
@@ -214,6 +216,33 @@ def test_nothing_refers_to_files_outside_the_repository():
         "references to files outside the repository (point to docs/algorithms.md or docs/architecture.md):\n"
         + "\n".join(problems)
     )
+
+
+ALGORITHMS_REF = re.compile(r"algorithms\.md`{0,2},?\s*§(\d+(?:\.\d+)?)(?:-(\d+(?:\.\d+)?))?(?:\s+and\s+§(\d+(?:\.\d+)?))?")
+ARCHITECTURE_REF = re.compile(r'architecture\.md`{0,2},?\s*"([A-Z][^"\n]{0,60})"')
+
+
+def doc_headings(name: str) -> list[str]:
+    return [line.lstrip("#").strip() for line in (ROOT / "docs" / name).read_text(encoding="utf-8").splitlines()
+            if line.startswith("#")]
+
+
+def test_references_to_the_docs_name_existing_sections():
+    """``docs/algorithms.md §N`` and ``docs/architecture.md "<heading>"`` in tracked files name real headings."""
+    sections = {m.group(1).rstrip(".") for h in doc_headings("algorithms.md") if (m := re.match(r"(\d+(?:\.\d+)*)\.?\s", h))}
+    titles = doc_headings("architecture.md")
+    assert {"1", "1.3", "2", "3.4", "5"} <= sections, sections  # the parser reads the headings
+    problems = []
+    for path in tracked_files():
+        if not path.is_file() or b"\0" in (data := path.read_bytes()):
+            continue
+        text = data.decode("utf-8", errors="replace")
+        for m in ALGORITHMS_REF.finditer(text):
+            problems += [f"{rel(path)}: docs/algorithms.md §{n}" for n in m.groups() if n and n not in sections]
+        for m in ARCHITECTURE_REF.finditer(text):
+            if not any(m.group(1) in title for title in titles):
+                problems.append(f'{rel(path)}: docs/architecture.md "{m.group(1)}"')
+    assert not problems, "references to sections that do not exist:\n" + "\n".join(problems)
 
 
 # ------------------------------------------------------------------------ @override on hooks
