@@ -1,6 +1,6 @@
 """Benchmark: streaming LESS influence scoring of a large fp16 gradient datastore.
 
-Builds a synthetic store like the paper's (ALGORITHMS.md 1.2: 270,679 x 8192 fp16 per
+Builds a synthetic store like the paper's (docs/algorithms.md §1.4: 270,679 x 8192 fp16 per
 snapshot, 4 snapshots): by default 200,000 x 8192 fp16 x 4 snapshots (13.1 GB of
 ``.npy`` files, written in chunks from a seeded RNG), and scores it against 300
 targets in 10 subtasks with :func:`lightning_less.selection.scoring.influence_scores`,
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_less.selection.scoring import influence_scores  # noqa: E402
 
-LRS = [1.69e-5, 1.29e-5, 7.70e-6, 2.56e-6]  # ALGORITHMS.md 1.1, lr 2e-5 over 4 epochs
+LRS = [1.69e-5, 1.29e-5, 7.70e-6, 2.56e-6]  # docs/algorithms.md §1.1, lr 2e-5 over 4 epochs
 
 
 def _rss_mb() -> float:

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
+from typing_extensions import override
 
 from lightning_less.callbacks.schedule import _Schedule, step_dirname
 from lightning_less.modules.losses import record_losses
@@ -62,9 +63,11 @@ class LossTrajectoryCallback(_Schedule, Callback):
                 self._ds = InstructionDataset(dm.train_files, dm.tokenizer, max_length=dm.max_length, template=dm.template)
         return self._ds
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._ds = None  # the pool of this run's datamodule
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (Path(self.output_dir) / "manifest.json").exists() and not self.overwrite:
             raise FileExistsError(f"{self.output_dir} already holds a store; pass overwrite=True to replace it")
@@ -94,14 +97,17 @@ class LossTrajectoryCallback(_Schedule, Callback):
         self.steps.append(step)
         self.epochs.append(trainer.current_epoch)
 
+    @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._due_at_step(trainer.global_step):
             self._record(trainer, pl_module)
 
+    @override
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.at_epoch_end:
             self._record(trainer, pl_module)
 
+    @override
     def on_train_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or not self.columns:
             return
@@ -120,9 +126,11 @@ class LossTrajectoryCallback(_Schedule, Callback):
         TrajectoryStore(self.output_dir).write(np.stack(self.columns, axis=1), names, manifest, overwrite=self.overwrite)
         rank_zero_info(f"loss trajectories at steps {self.steps} written to {self.output_dir}")
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"columns": [torch.from_numpy(c) for c in self.columns], "steps": list(self.steps), "epochs": list(self.epochs)}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.columns = [np.asarray(c, dtype=np.float64) for c in state_dict["columns"]]
         self.steps = [int(s) for s in state_dict["steps"]]

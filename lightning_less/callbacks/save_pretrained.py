@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 from lightning_less.callbacks.schedule import _Schedule, step_dirname
 
@@ -50,10 +51,12 @@ class SavePretrainedCallback(_Schedule, Callback):
             tokenizer.save_pretrained(str(path))
         (path / CHECKPOINT_INFO).write_text(json.dumps({"global_step": step, "epoch": trainer.current_epoch}) + "\n")
 
+    @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._due_at_step(trainer.global_step):
             self._save(trainer, pl_module)
 
+    @override
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.at_epoch_end:
             self._save(trainer, pl_module)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
 from lightning_less.data.formatting import IGNORE_INDEX, TemplateName, encode_messages, has_response_token, tulu_prompt
 from lightning_less.data.records import Record, read_records
@@ -20,7 +21,7 @@ from lightning_less.models.loading import load_tokenizer
 def sample_fraction(n: int, fraction: float, seed: int) -> np.ndarray:
     """A seeded uniform sample of ``round(n * fraction)`` (at least 1) positions out of ``n``, sorted.
 
-    The seed given is the seed used (the reference code ignored it, ALGORITHMS.md 4).
+    The seed given is the seed used (the reference code ignored it, docs/algorithms.md §5).
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
@@ -173,7 +174,7 @@ class InstructionDataModule(pl.LightningDataModule):
         predict_files: jsonl files for the gradient / trajectory passes.
         tokenizer_name_or_path: tokenizer name or path (linked to the model's by the CLI).
         max_length: truncation length in tokens.
-        template: ``"tulu"`` (ALGORITHMS.md 1.5) or ``"chat_template"`` (the tokenizer's).
+        template: ``"tulu"`` (docs/algorithms.md §4) or ``"chat_template"`` (the tokenizer's).
         train_fraction: train on a seeded random fraction of ``train_files`` (LESS warmup: 0.05).
         seed: seed of that sample.
         batch_size: training batch size per device.
@@ -247,6 +248,7 @@ class InstructionDataModule(pl.LightningDataModule):
         self.datasets[split] = ds
         return ds
 
+    @override
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self._dataset("train")
@@ -265,15 +267,19 @@ class InstructionDataModule(pl.LightningDataModule):
         size = self.batch_size if split == "train" else self.eval_batch_size
         return DataLoader(ds, batch_size=size, shuffle=shuffle, collate_fn=collate, num_workers=self.num_workers)
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
+    @override
     def val_dataloader(self) -> DataLoader | list:
         # No validation files means no validation loop (Lightning skips an empty list).
         return self._loader("val", shuffle=False) if self.val_files else []
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
+    @override
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", shuffle=False)

@@ -2,7 +2,7 @@
 
 Two templates:
 
-* ``"tulu"`` (default, ALGORITHMS.md 1.5 / open-instruct):
+* ``"tulu"`` (default, docs/algorithms.md §4 / open-instruct):
   ``<|system|>\\n{c}\\n``, ``<|user|>\\n{c}\\n``, ``<|assistant|>\\n{c}{eos}\\n`` with every
   content stripped. Only the assistant contents and their end-of-sequence token carry
   labels; the role tags, the other turns and the newline after ``{eos}`` are -100.

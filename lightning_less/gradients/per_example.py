@@ -2,18 +2,18 @@
 
 LESS needs, for every example, the gradient of that example's *own* loss (the token
 mean over its response tokens) with respect to the LoRA parameters, flattened in
-``named_parameters()`` order (ALGORITHMS.md 1.2). The reference runs one backward per
-example (ALGORITHMS.md 4). Here the batch loss is the *sum* of per-example means, so
+``named_parameters()`` order (docs/algorithms.md §1.2). The reference runs one backward per
+example (docs/algorithms.md §5). Here the batch loss is the *sum* of per-example means, so
 the gradient separates by example, and the weight gradient of a linear layer
 ``y = x W^T`` for example ``b`` is ``sum_t g[b, t]^T x[b, t]`` from the layer's input
 ``x`` and the gradient ``g`` of its output (the Opacus / Kronfluence pattern,
-DESIGN.md "Speed: where the time goes").
+docs/architecture.md "Speed").
 
 Implementation notes:
 
 * Forward hooks on every ``lora_A`` / ``lora_B`` ``nn.Linear`` of the active adapter
   keep the module input (after LoRA dropout, which is off in eval mode) and register a
-  *tensor* hook on the module output (DESIGN.md measured tensor hooks to be markedly
+  *tensor* hook on the module output (we measured tensor hooks to be markedly
   faster than module full-backward hooks). LoRA's ``scaling`` is applied after
   ``lora_B``, so the autograd chain already includes it in the output gradients.
 * The backward is ``torch.autograd.grad(loss, lora_A outputs)``: autograd then computes
@@ -168,7 +168,7 @@ class PerExampleLoRAGradients:
         x = slot.inputs
         assert x is not None and self._sink is not None
         # [B, out, T] @ [B, T, in] -> [B, out, in]: sum over time of g_t^T x_t, in fp32
-        # whatever the model dtype (ALGORITHMS.md 4: no low-precision gradients).
+        # whatever the model dtype (docs/algorithms.md §5: no low-precision gradients).
         per_example = torch.bmm(grad.flatten(1, -2).transpose(1, 2).float(), x.flatten(1, -2).float())
         self._sink(slot, per_example.reshape(per_example.shape[0], slot.numel))
 
@@ -261,7 +261,7 @@ class PerExampleLoRAGradients:
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
         was_training = self.model.training
-        self.model.eval()  # ALGORITHMS.md 1.2: LoRA dropout off during this pass
+        self.model.eval()  # docs/algorithms.md §1.2: LoRA dropout off during this pass
         for slot in self._slots:
             slot.inputs, slot.calls = None, 0
         self._outputs, self._sink = [], sink
@@ -282,7 +282,7 @@ class PerExampleLoRAGradients:
                     raise RuntimeError(
                         "no LoRA layer ran in the forward pass (adapters disabled or merged?)"
                     )
-                # Each example's own token mean (ALGORITHMS.md 1.2), in fp32; the sum of
+                # Each example's own token mean (docs/algorithms.md §1.2), in fp32; the sum of
                 # the means separates the gradient by example.
                 # Targets shifted left (last position ignored) rather than logits sliced:
                 # cross entropy on the contiguous [B*T, V] view avoids copying the logits.
@@ -323,7 +323,7 @@ def adam_transform(
     beta2: float = 0.999,
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """The Adam feature of LESS (ALGORITHMS.md 1.2), row by row.
+    """The Adam feature of LESS (docs/algorithms.md §1.3), row by row.
 
     ``m' = b1 m + (1 - b1) g``; ``v' = b2 v + (1 - b2) g^2``; ``m' / sqrt(v' + eps)``,
     with eps *inside* the square root and no bias correction, as the reference.
@@ -354,7 +354,7 @@ def flatten_moments(
     param_names: Sequence[str],
     numels: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flatten Adam moments by parameter *name* (never by position, ALGORITHMS.md 4).
+    """Flatten Adam moments by parameter *name* (never by position, docs/algorithms.md §5).
 
     Args:
         moments: either the snapshot file's flat mapping (``"<name>.exp_avg"`` and

@@ -1,10 +1,10 @@
 """Random projections of per-example gradients, chosen explicitly, never by fallback.
 
 LESS projects each (Adam-transformed or raw) gradient with a Johnson–Lindenstrauss
-matrix R [grad_dim x d] (ALGORITHMS.md 1.2). The same matrix must serve every
+matrix R [grad_dim x d] (docs/algorithms.md §1.4). The same matrix must serve every
 snapshot, the pool and the targets, on every rank; TRAK's ``BasicProjector`` and
 ``CudaProjector`` draw *different* matrices from the same seed, so the reference's
-silent fallback between them is a pitfall (ALGORITHMS.md 4). Here the caller names the
+silent fallback between them is a pitfall (docs/algorithms.md §5). Here the caller names the
 projector, and :meth:`Projector.describe` records everything its matrix depends on in
 the datastore manifest.
 
@@ -99,10 +99,10 @@ class Projector(ABC):
 
 
 class TrakBasicProjector(Projector):
-    """TRAK's ``BasicProjector`` exactly as the LESS reference constructs it (ALGORITHMS.md 1.2).
+    """TRAK's ``BasicProjector`` exactly as the LESS reference constructs it (docs/algorithms.md §1.4).
 
     TRAK regenerates its dense matrix block by block on *every* call, which dominates the
-    cost of the gradient pass (DESIGN.md "Speed"). When the whole matrix fits in
+    cost of the gradient pass (docs/architecture.md "Speed"). When the whole matrix fits in
     ``max_cache_bytes`` it is generated once, by TRAK's own code from TRAK's own generator
     states, and kept; each call then runs the same per-block matmuls as TRAK, so the
     output is bit-identical to an uncached TRAK call. Larger matrices are regenerated per

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
+from typing_extensions import override
 
 from lightning_less.modules.losses import per_example_loss
 from lightning_less.models.loading import load_causal_lm, load_tokenizer
@@ -17,7 +18,7 @@ from lightning_less.models.loading import load_causal_lm, load_tokenizer
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
 
 class LoRAInstructionTuningModule(pl.LightningModule):
-    """LoRA instruction tuning of a Hugging Face causal LM (ALGORITHMS.md 1.1 and 1.4).
+    """LoRA instruction tuning of a Hugging Face causal LM (docs/algorithms.md §1.1 and §1.7).
 
     The training loss is the causal-LM cross-entropy over the batch's response tokens;
     validation and test report the target loss (mean of each example's own token-mean
@@ -128,10 +129,12 @@ class LoRAInstructionTuningModule(pl.LightningModule):
         """Trainable parameters, named as in the (PEFT) model's ``named_parameters()``."""
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
+    @override
     def forward(self, input_ids, attention_mask=None, labels=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
     # --------------------------------------------------------------- training
+    @override
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["input_ids"].size(0))
@@ -151,9 +154,11 @@ class LoRAInstructionTuningModule(pl.LightningModule):
             em_metric.update(hits)
             self.log(f"{prefix}/exact_match", em_metric, prog_bar=True, batch_size=bs)
 
+    @override
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.val_loss, self.val_exact_match, "val")
 
+    @override
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.test_loss, self.test_exact_match, "test")
 
@@ -172,6 +177,7 @@ class LoRAInstructionTuningModule(pl.LightningModule):
         new = out[:, prompt_input_ids.size(1) :]
         return [tok.decode(row, skip_special_tokens=True) for row in new]
 
+    @override
     def configure_optimizers(self):
         params = [p for _, p in self.trainable_named_parameters()]
         if not params:
@@ -195,10 +201,12 @@ class LoRAInstructionTuningModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------ checkpoints
+    @override
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {f"model.{n}" for n, _ in self.trainable_named_parameters()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable or not k.startswith("model.")}
 
+    @override
     def on_train_end(self) -> None:
         if self.hparams.adapter_dir and self.trainer.is_global_zero:
             self.save_adapter(self.hparams.adapter_dir)

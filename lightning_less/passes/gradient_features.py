@@ -1,7 +1,7 @@
-"""``GradientDumpLoop``: LESS step 2 (ALGORITHMS.md 1.2) as a ``trainer.predict`` pass.
+"""``GradientDumpLoop``: LESS step 2 (docs/algorithms.md §1.2-1.4) as a ``trainer.predict`` pass.
 
 Lightning 2.x keeps its loop classes private, so the "loop" is an orchestrator around
-``trainer.predict`` (DESIGN.md): :class:`GradientFeatureModule` computes, for every batch
+``trainer.predict`` (docs/architecture.md): :class:`GradientFeatureModule` computes, for every batch
 and every snapshot, the per-example LoRA gradients in one backward pass, Adam-transforms
 them (``adam``, pool) or not (``sgd``, targets), projects them to every requested dim,
 and :class:`~lightning_less.callbacks.store_writer.ShardedStoreWriter` writes the rows into a
@@ -24,6 +24,7 @@ from typing import Any, Literal, Sequence
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from typing_extensions import override
 
 from lightning_less.callbacks.snapshot import Snapshot, list_snapshots, load_snapshot
 from lightning_less.data.records import file_sha256
@@ -63,7 +64,7 @@ class GradientFeatureModule(pl.LightningModule):
     Args:
         snapshots: a snapshot root (``epoch_*`` dirs) or a list of snapshot dirs.
         output_dir: the gradient datastore to write.
-        feature: ``"adam"`` (pool; ALGORITHMS.md 1.2 Adam transform) or ``"sgd"`` (targets; raw gradient).
+        feature: ``"adam"`` (pool; docs/algorithms.md §1.3 Adam transform) or ``"sgd"`` (targets; raw gradient).
         dims: projection dims, all computed in the same pass.
         projector: ``"trak_basic"``, ``"trak_cuda"`` or ``"sparse_jl"``; never a fallback.
         projector_seed: seed of the projection matrix (the reference uses 0).
@@ -118,7 +119,7 @@ class GradientFeatureModule(pl.LightningModule):
         base = model_name_or_path or self.snapshots[0].base_model
         model = load_causal_lm(base, dtype=dtype, attn_implementation=attn_implementation)
         self.model = PeftModel.from_pretrained(model, str(self.snapshots[0].path), is_trainable=True)
-        self.model.eval()  # LoRA dropout off (ALGORITHMS.md 1.2)
+        self.model.eval()  # LoRA dropout off (docs/algorithms.md §1.2)
         self.grads = PerExampleLoRAGradients(self.model)
         # Each snapshot's LoRA weights, keyed like named_parameters(), swapped in per batch.
         from peft import set_peft_model_state_dict
@@ -149,6 +150,7 @@ class GradientFeatureModule(pl.LightningModule):
     def snapshot_names(self) -> list[str]:
         return [s.name for s in self.snapshots]
 
+    @override
     def configure_callbacks(self):
         return [ShardedStoreWriter("gradient datastore")]
 
@@ -157,6 +159,7 @@ class GradientFeatureModule(pl.LightningModule):
         return self.manifest(dataset), self.snapshot_names, self.dims, self.store_dtype
 
     # ---------------------------------------------------------------- set up
+    @override
     def setup(self, stage: str) -> None:
         if stage != "predict":
             raise RuntimeError("GradientFeatureModule only runs `predict` (the gradient pass)")
@@ -188,6 +191,7 @@ class GradientFeatureModule(pl.LightningModule):
         }
 
     # --------------------------------------------------------------- compute
+    @override
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict | None:
         if torch.is_inference_mode_enabled():
             raise RuntimeError(

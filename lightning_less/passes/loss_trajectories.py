@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from typing_extensions import override
 
 from lightning_less.callbacks.save_pretrained import CHECKPOINT_INFO
 from lightning_less.callbacks.store_writer import ShardedStoreWriter
@@ -200,6 +201,7 @@ class LossTrajectoryModule(pl.LightningModule):
         self._active = None
         return {n: params[n].detach().clone() for n in names}
 
+    @override
     def configure_callbacks(self):
         return [ShardedStoreWriter("trajectory store")]
 
@@ -207,10 +209,12 @@ class LossTrajectoryModule(pl.LightningModule):
         """What :class:`ShardedStoreWriter` needs to create (or resume) the trajectory store."""
         return self.manifest(dataset), self.checkpoint_names, [LOSS_DIM], "float32"
 
+    @override
     def setup(self, stage: str) -> None:
         if stage != "predict":
             raise RuntimeError("LossTrajectoryModule only runs `predict` (the trajectory pass)")
 
+    @override
     def on_predict_start(self) -> None:
         if self.weights_on_device:
             self._weights = [{n: w.to(self.device) for n, w in ws.items()} for ws in self._weights]
@@ -242,6 +246,7 @@ class LossTrajectoryModule(pl.LightningModule):
             params[n].copy_(w)
         self._active = i
 
+    @override
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict | None:
         if self.skip:
             return None

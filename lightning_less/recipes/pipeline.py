@@ -31,7 +31,7 @@ STEP_FILE = "step.json"
 
 @dataclass
 class WarmupSettings:
-    """LESS step 1 (ALGORITHMS.md 1.1)."""
+    """LESS step 1 (docs/algorithms.md §1.1)."""
 
     fraction: float = 0.05
     """Share of the pool used for warmup (seeded)."""
@@ -49,7 +49,7 @@ class WarmupSettings:
 
 @dataclass
 class FeatureSettings:
-    """LESS step 2 (ALGORITHMS.md 1.2)."""
+    """LESS step 2 (docs/algorithms.md §1.2-1.4)."""
 
     dims: list[int] = field(default_factory=lambda: [8192])
     projector: str = "trak_basic"
@@ -61,7 +61,7 @@ class FeatureSettings:
 
 @dataclass
 class SelectionSettings:
-    """LESS step 3 (ALGORITHMS.md 1.3)."""
+    """LESS step 3 (docs/algorithms.md §1.5-1.6)."""
 
     fraction: float | None = None
     """Budget as a fraction of the pool (default 0.05 when ``count`` is not given)."""
@@ -74,7 +74,7 @@ class SelectionSettings:
 
 @dataclass
 class TrainSettings:
-    """LESS step 4 (ALGORITHMS.md 1.4): the model trained on the selection (may differ: LESS-T)."""
+    """LESS step 4 (docs/algorithms.md §1.7): the model trained on the selection (may differ: LESS-T)."""
 
     model_name_or_path: str | None = None
     """Default: the selecting model."""

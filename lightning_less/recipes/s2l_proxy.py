@@ -17,7 +17,7 @@ from lightning_less.stores.trajectory import TrajectoryStore, check_trajectory_d
 
 def s2l_trajectories(model_name_or_path: str, pool_files: Sequence[str], output: Path, max_length: int, seed: int,
                      epochs: int = 3, learning_rate: float = 2e-3, batch_size: int = 16, trainer: dict | None = None) -> np.ndarray:
-    """Train a proxy on the whole pool, recording loss trajectories at each epoch end (ALGORITHMS.md 2)."""
+    """Train a proxy on the whole pool, recording loss trajectories at each epoch end (docs/algorithms.md §2.1)."""
     store = TrajectoryStore(output)
     if (output / "manifest.json").exists():
         traj, manifest = store.read()

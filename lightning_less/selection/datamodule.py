@@ -1,4 +1,4 @@
-"""``LessDataModule``: train on a selection (LESS step 4, ALGORITHMS.md 1.4)."""
+"""``LessDataModule``: train on a selection (LESS step 4, docs/algorithms.md §1.7)."""
 
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def select_less(
     block_size: int | None = None,
     device: str | torch.device = "cpu",
 ) -> SelectionResult:
-    """LESS: LR-weighted cosine over snapshots, subtask aggregation, top-k (ALGORITHMS.md 1.3)."""
+    """LESS: LR-weighted cosine over snapshots, subtask aggregation, top-k (docs/algorithms.md §1.5)."""
     result = influence_scores(
         pool_features, target_features, snapshot_lrs, target_subtasks, aggregation, block_size, device
     )
@@ -87,7 +87,7 @@ def select_rds(
     block_size: int | None = None,
     device: str | torch.device = "cpu",
 ) -> SelectionResult:
-    """RDS: cosine of final-layer hidden states, same aggregation and top-k as LESS (ALGORITHMS.md 3)."""
+    """RDS: cosine of final-layer hidden states, same aggregation and top-k as LESS (docs/algorithms.md §3.4)."""
     result = cosine_scores(pool_features, target_features, target_subtasks, aggregation, block_size, device)
     return _from_influence(result, k, {})
 
@@ -101,7 +101,7 @@ def select_s2l(
     sources: Sequence[str] | None = None,
     backend: str = "faiss",
 ) -> SelectionResult:
-    """S2L: k-means on loss trajectories + balanced sampling (ALGORITHMS.md 2)."""
+    """S2L: k-means on loss trajectories + balanced sampling (docs/algorithms.md §2)."""
     selected, info = s2l_select(trajectories, k, n_clusters, n_iter, seed, sources, backend)
     params = {
         "n_clusters": n_clusters,
@@ -114,14 +114,14 @@ def select_s2l(
 
 
 def select_random(n: int, k: int, seed: int = 0) -> SelectionResult:
-    """Random: a seeded uniform sample (ALGORITHMS.md 3)."""
+    """Random: a seeded uniform sample (docs/algorithms.md §3.1)."""
     return SelectionResult(random_select(n, k, seed), None, None, {})
 
 
 def select_bm25(
     pool: Sequence[Record], targets: Sequence[Record], k: int, k1: float = 1.5, b: float = 0.75
 ) -> SelectionResult:
-    """BM25: mean over subtask queries of Okapi BM25 (Lucene variant), top-k (ALGORITHMS.md 3)."""
+    """BM25: mean over subtask queries of Okapi BM25 (Lucene variant), top-k (docs/algorithms.md §3.2)."""
     score, per_subtask, names = bm25_scores(pool, targets, k1, b)
     return SelectionResult(top_k(score, k), score, (names, per_subtask), {"k1": k1, "b": b, "variant": "lucene"})
 
@@ -136,7 +136,7 @@ def select_dsir(
     min_tokens: int = 0,
     field: str = "text",
 ) -> SelectionResult:
-    """DSIR: hashed n-gram importance weights, plain or Gumbel top-k (ALGORITHMS.md 3)."""
+    """DSIR: hashed n-gram importance weights, plain or Gumbel top-k (docs/algorithms.md §3.3)."""
     weights = dsir_weights(pool, targets, num_buckets, min_tokens, field)
     selected = gumbel_top_k(weights, k, seed) if gumbel else top_k(weights, k)
     params = {"gumbel": gumbel, "num_buckets": num_buckets, "min_tokens": min_tokens, "field": field, "ngrams": 2}

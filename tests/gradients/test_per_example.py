@@ -1,4 +1,4 @@
-"""Per-example LoRA gradients against one-example-at-a-time autograd (ALGORITHMS.md 1.2)."""
+"""Per-example LoRA gradients against one-example-at-a-time autograd (docs/algorithms.md §1.2)."""
 
 from __future__ import annotations
 
