@@ -30,7 +30,7 @@ EXPECTED_COUNTS = {
     # abstract_algebra_dev.csv has 6 rows: only the first 5 are targets.
     "mmlu": {"abstract_algebra": 5, "college_biology": 5, "world_religions": 5},
     # english has 2 train questions: only the first is the target.
-    "tydiqa": {"english": 1, "finnish": 1, "russian": 1, "swahili": 1},
+    "tydiqa": {lang: 1 for lang in ("arabic", "bengali", "english", "finnish", "indonesian", "korean", "russian", "swahili", "telugu")},
     "bbh": {"boolean_expressions": 3, "word_sorting": 3},
 }
 
@@ -148,7 +148,7 @@ def test_n_per_subtask_and_subtasks(tmp_path):
 def test_user_errors_name_the_file(tmp_path):
     with pytest.raises(InputError, match="college_biology_dev.csv: 5 rows"):
         build_targets("mmlu", INPUTS["mmlu"], n_per_subtask=6)
-    with pytest.raises(InputError, match="finnish examples"):
+    with pytest.raises(InputError, match="1 arabic examples, fewer than the 2"):
         build_targets("tydiqa", INPUTS["tydiqa"], n_per_subtask=2)
     with pytest.raises(InputError, match=r"no subtask \['astronomy'\]"):
         build_targets("mmlu", INPUTS["mmlu"], subtasks=["astronomy"])
