@@ -116,9 +116,10 @@ def evaluate_lm(lm, settings: HarnessSettings, manager=None) -> dict[str, Any]:
     """Run ``lm_eval.simple_evaluate`` on any lm-eval ``LM`` with the settings' tasks, shots and limits."""
     import lm_eval
 
-    manager = manager or task_manager(settings)
-    objects, samples = load_tasks(settings, manager)
+    # Everything in here may draw from (or seed) the global generators.
     with preserved_rng(), torch.no_grad():
+        manager = manager or task_manager(settings)
+        objects, samples = load_tasks(settings, manager)
         results = lm_eval.simple_evaluate(
             model=lm,
             tasks=objects,
