@@ -109,6 +109,14 @@ def test_logs_at_the_right_epochs_in_eval_mode_and_restores_train_mode(setup, tm
     rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
     assert [(r["epoch"], float(r[METRIC])) for r in rows if r.get(METRIC)] == [("1", seen[0]["acc"]), ("3", seen[1]["acc"])]
     assert trainer.callback_metrics[METRIC] == pytest.approx(seen[1]["acc"])
+    # Outside a fit too: a mix of train and eval submodules comes back exactly as it was.
+    module.model.train()
+    for name, sub in module.model.named_modules():
+        if "lora_A" in name:
+            sub.eval()
+    before = [m.training for m in module.model.modules()]
+    callback.evaluate(module)
+    assert [m.training for m in module.model.modules()] == before and True in before and False in before
 
 
 def test_training_random_streams_are_restored(setup):
