@@ -166,3 +166,13 @@ def test_summarize_flattens_and_keeps_filters_only_when_needed():
     assert summarize(results, ["g"]) == {"g/f1": 0.1, "t/acc": 0.5, "t/em,a": 0.25, "t/em,b": 0.75}
     assert summarize(results, ["t"]) == {"t/acc": 0.5, "t/em,a": 0.25, "t/em,b": 0.75}
 
+
+
+@pytest.mark.slow
+def test_the_papers_task_names_exist_in_lm_eval_and_configs():
+    """A renamed lm-eval group (mmlu, bbh_cot_fewshot) would break the paper's configs (indexing takes ~20 s)."""
+    from lightning_less.evaluation.harness import PAPER_FEWSHOT, task_manager
+    from tests.evaluation import PAPER_TASKS
+
+    manager = task_manager(HarnessSettings(tasks=[], include_path=[str(PAPER_TASKS)]))
+    assert set(PAPER_FEWSHOT) <= set(manager.all_groups)
