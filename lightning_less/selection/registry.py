@@ -242,12 +242,18 @@ def check_needs(method: SelectionMethod, request: SelectionRequest, later: Seque
 
 
 def _store_identity(path: str | None) -> dict[str, Any] | None:
-    """A store directory as its real path and its manifest's sha256: a store rebuilt in place is another input."""
+    """A store directory as its real path and its manifest's sha256 and modification time.
+
+    A store rebuilt in place (even with the same settings, within the same second) is
+    another input: its manifest is written again when it is finished.
+    """
     if path is None:
         return None
-    manifest = os.path.join(path, "manifest.json")
-    digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16] if os.path.isfile(manifest) else None
-    return {"path": os.path.realpath(path), "manifest_sha256": digest}
+    manifest = Path(path) / "manifest.json"
+    if not manifest.is_file():
+        return {"path": os.path.realpath(path), "manifest_sha256": None, "manifest_mtime_ns": None}
+    return {"path": os.path.realpath(path), "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()[:16],
+            "manifest_mtime_ns": manifest.stat().st_mtime_ns}
 
 
 def decisive(inputs: Inputs) -> dict[str, Any]:
