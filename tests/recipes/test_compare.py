@@ -187,6 +187,10 @@ def test_stale_selection_for_other_targets_is_refused(data, tmp_path):
         run(data, out, methods=["random"], seed=1)
     manifest = out / "selections" / "random" / "manifest.json"
     before = manifest.stat().st_mtime_ns
+    # Every selection is judged before any runs: a stale bm25 stops the comparison before dsir is computed.
+    with pytest.raises(StaleSelectionError, match="bm25 cannot be reused"):
+        run(data, out, methods=["dsir", "bm25"])
+    assert not (out / "selections" / "dsir").exists()
     run(data, out, methods=["random"], overwrite=True)  # made the same way: reused even with overwrite
     assert manifest.stat().st_mtime_ns == before
 

@@ -2,6 +2,7 @@
 
 import inspect
 import json
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -46,7 +47,7 @@ def test_select_command_is_reproducible_and_byte_identical(tmp_path, files, meth
         outs.append(out)
     a, b = ((o / "selected.jsonl").read_bytes() for o in outs)
     assert a == b and len(a.splitlines()) == 7
-    raw = b"".join(open(p, "rb").read() for p in pool).splitlines()
+    raw = b"".join(Path(p).read_bytes() for p in pool).splitlines()
     assert all(line in raw for line in a.splitlines())
     assert select(method=method, pool=pool, targets=[targets], output=str(outs[0]), count=7, seed=3)["reused"] is True
     with pytest.raises(StaleSelectionError, match="it holds 7 examples, the budget is 5"):  # another budget, same directory
@@ -122,7 +123,7 @@ def test_s2l_trains_its_proxy_first_with_the_trainer_arguments(tmp_path, files, 
               proxy=ProxySettings(epochs=2, batch_size=8), trainer={**TRAINER, "limit_train_batches": 2})
     result = select(**kw)
     assert seen and seen[0]["max_epochs"] == 2 and seen[0]["limit_train_batches"] == 2 and seen[0]["accelerator"] == "cpu"
-    traj, manifest = TrajectoryStore(tmp_path / "s2l_proxy").read()
+    traj, _ = TrajectoryStore(tmp_path / "s2l_proxy").read()
     assert traj.shape == (30, 2)  # one column per proxy epoch
     sel = read_selection(out)
     assert result["k"] == len(sel.selected) == 6 and sel.manifest["inputs"]["trajectories"] == str(tmp_path / "s2l_proxy")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from lightning_less.models.tiny import resolve_model_path
@@ -12,8 +13,6 @@ from lightning_less.selection.outputs import StaleSelectionError
 from lightning_less.selection.registry import get_method
 from lightning_less.selection.runner import run_selection
 from tests.selection.fakes import gradient_store, trajectory_store
-
-import numpy as np
 
 
 def _copy(world, key, tmp_path):
