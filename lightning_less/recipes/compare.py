@@ -37,9 +37,9 @@ from lightning_less.analysis.comparison import (
     comparison_markdown,
     jaccard_matrix,
     measure_selections,
-    plot_comparison,
     print_comparison,
 )
+from lightning_less.analysis.comparison_plot import plot_comparison
 from lightning_less.data.records import Record, as_paths, files_fingerprint, read_records
 from lightning_less.errors import InputError, MissingInputError
 from lightning_less.recipes.pipeline import TrainSettings, train_and_evaluate

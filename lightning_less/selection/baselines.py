@@ -1,4 +1,4 @@
-"""Baselines beside LESS (``shared/ALGORITHMS.md`` section 3): random, BM25 and DSIR.
+"""Baselines beside LESS (``docs/algorithms.md`` section 3): random, BM25 and DSIR.
 
 RDS is not here: it is the cosine / subtask aggregation / top-k of LESS on hidden
 states, so it reuses :func:`lightning_less.selection.scoring.cosine_scores`.

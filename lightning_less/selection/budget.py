@@ -2,7 +2,7 @@
 
 The budget is a fraction of the pool (LESS default 5%) or an absolute count. Top-k
 breaks ties by ascending pool index with a stable sort, so the same scores always
-give the same selection (the reference uses an unstable sort, ALGORITHMS.md 1.3).
+give the same selection (the reference uses an unstable sort, docs/algorithms.md 1.3).
 """
 
 from __future__ import annotations

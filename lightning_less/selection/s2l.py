@@ -1,6 +1,6 @@
 """S2L (SmallToLarge): k-means on loss trajectories, then balanced sampling.
 
-Implements ``shared/ALGORITHMS.md`` section 2:
+Implements ``docs/algorithms.md`` section 2:
 
 1. Examples whose trajectory has a NaN (no defined loss, e.g. no response token left
    after truncation) or an infinite value are excluded and reported; the reference
@@ -104,7 +104,7 @@ def _as_rng(seed: int | np.random.Generator) -> np.random.Generator:
 
 
 def balanced_sample(labels: Any, budget: int, seed: int | np.random.Generator = 0) -> np.ndarray:
-    """S2L's balanced sampling over clusters (ALGORITHMS.md 2).
+    """S2L's balanced sampling over clusters (docs/algorithms.md 2).
 
     Clusters of more than two examples are visited smallest first (ties by cluster
     id), each with quota ``floor(remaining / clusters left)``. Budget still left
@@ -154,7 +154,7 @@ def s2l_select(
     sources: Sequence[str] | None = None,
     backend: str = "faiss",
 ) -> tuple[np.ndarray, dict]:
-    """Select ``budget`` examples by S2L (ALGORITHMS.md 2).
+    """Select ``budget`` examples by S2L (docs/algorithms.md 2).
 
     Args:
         trajectories: ``[n, T]`` response-token mean losses at each checkpoint.

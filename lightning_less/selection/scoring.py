@@ -1,6 +1,6 @@
 """Influence scoring: LR-weighted cosine similarity between pool and target features.
 
-This is step 3 of LESS (``shared/ALGORITHMS.md`` section 1.3), shared with RDS
+This is step 3 of LESS (``docs/algorithms.md`` section 1.3), shared with RDS
 (section 3), which is the same computation with a single "snapshot" of weight 1.
 
 For snapshots ``i = 1..N`` with mean learning rates ``eta_i`` the score of a pool
@@ -12,7 +12,7 @@ example ``x`` against a target example ``z`` is::
 and the targets are aggregated per subtask (the mean over the subtask's examples),
 then over subtasks (the max by default). Subtasks are given by a label per target
 example, so groups may have any size and need not be contiguous (the reference
-hard-codes equal contiguous groups, ALGORITHMS.md 1.3).
+hard-codes equal contiguous groups, docs/algorithms.md 1.3).
 
 Because ``mean_z <a, b_z> = <a, mean_z b_z>``, each snapshot's normalised target
 features are reduced once to a ``[S, d]`` matrix ``M_i`` of per-subtask means, and a
@@ -86,7 +86,7 @@ def group_subtasks(labels: Sequence[str]) -> tuple[tuple[str, ...], list[np.ndar
 
 
 def snapshot_weights(snapshot_lrs: Sequence[float]) -> np.ndarray:
-    """``w_i = eta_i / sum_j eta_j`` (ALGORITHMS.md 1.3); every ``eta_i`` must be positive and finite."""
+    """``w_i = eta_i / sum_j eta_j`` (docs/algorithms.md 1.3); every ``eta_i`` must be positive and finite."""
     lrs = np.asarray(snapshot_lrs, dtype=np.float64)
     if lrs.ndim != 1 or lrs.size == 0:
         raise ValueError("snapshot_lrs must be a non-empty list of learning rates, one per snapshot")
@@ -227,7 +227,7 @@ def influence_scores(
     block_size: int | None = None,
     device: str | torch.device = "cpu",
 ) -> InfluenceScores:
-    """LESS influence scores of every pool example (ALGORITHMS.md 1.3).
+    """LESS influence scores of every pool example (docs/algorithms.md 1.3).
 
     Args:
         pool: one ``[n, d_i]`` array per snapshot (numpy, ``np.memmap`` of any float
@@ -343,7 +343,7 @@ def cosine_scores(
     block_size: int | None = None,
     device: str | torch.device = "cpu",
 ) -> InfluenceScores:
-    """Cosine scores with subtask aggregation for a single feature space (RDS, ALGORITHMS.md 3).
+    """Cosine scores with subtask aggregation for a single feature space (RDS, docs/algorithms.md 3).
 
     The same computation as :func:`influence_scores` with one snapshot of weight 1.
 

@@ -1,4 +1,4 @@
-"""Baselines: BM25 and DSIR against hand computations, seeded random (ALGORITHMS.md 3)."""
+"""Baselines: BM25 and DSIR against hand computations, seeded random (docs/algorithms.md 3)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""S2L: balanced sampling by hand, k-means, NaN exclusion, stratification (ALGORITHMS.md 2)."""
+"""S2L: balanced sampling by hand, k-means, NaN exclusion, stratification (docs/algorithms.md 2)."""
 
 import numpy as np
 import pytest

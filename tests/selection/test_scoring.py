@@ -1,4 +1,4 @@
-"""Influence scoring against a brute-force computation (ALGORITHMS.md 1.3)."""
+"""Influence scoring against a brute-force computation (docs/algorithms.md 1.3)."""
 
 import numpy as np
 import pytest
