@@ -137,3 +137,24 @@ def test_s2l_trains_its_proxy_first_with_the_trainer_arguments(tmp_path, files, 
         run_selection("s2l", pool, None, tmp_path / "x", count=6, model="builtin:tiny-llama")
     with pytest.raises(InputError, match="--trainer.max_epochs cannot be set for the S2L proxy: use --proxy.epochs"):
         select(**{**kw, "output": str(tmp_path / "other"), "trainer": {"max_epochs": 5}})
+
+
+def test_the_command_line_reaches_the_settings():
+    """jsonargparse builds the commands' options from their signatures: the shipped config parses, nested settings too."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    def parser(fn):
+        p = ArgumentParser(exit_on_error=False)
+        p.add_argument("--config", action=ActionConfigFile)
+        p.add_function_arguments(fn)
+        return p
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "select.yaml"
+    args = parser(select).parse_args(["--config", str(config)])
+    assert args.method == "less" and args.dim == 1024 and args.pool_store == "runs/tiny-fit/features/pool"
+    args = parser(select).parse_args(["--method", "s2l", "--pool", "a.jsonl", "--output", "o", "--model", "m",
+                                      "--proxy.epochs", "2", "--trainer", '{"accelerator": "gpu"}'])
+    assert args.proxy.epochs == 2 and args.trainer == {"accelerator": "gpu"}
+    args = parser(compare).parse_args(["--pool", "[a.jsonl,b.jsonl]", "--methods", "[s2l,random]", "--output", "o",
+                                       "--n_clusters", "5", "--stratify_by_source", "true", "--proxy.batch_size", "4"])
+    assert args.n_clusters == 5 and args.stratify_by_source is True and args.proxy.batch_size == 4
