@@ -107,14 +107,14 @@ def run_demo(output: str = "demo_output", seed: int = 0, methods: Sequence[str] 
         selections["less"] = Path(res["selection"])
         results["less"] = res["train"]
         lap("less")
-    from lightning_less.selection.runner import run_selection
+    from lightning_less.recipes.select import select  # trains the S2L proxy from the base model
 
     for method in methods:
         if method == "less":
             continue
-        selections[method] = run_selection(method, pool_files, targets, out / "selections" / method, model=base,
-                                           fraction=1.0 if method == "full" else fraction, seed=seed,
-                                           max_length=max_length, trainer=TRAINER)
+        selections[method] = Path(select(method=method, pool=pool_files, targets=targets, output=str(out / "selections" / method),
+                                         model=base, fraction=1.0 if method == "full" else fraction, seed=seed,
+                                         max_length=max_length, trainer=TRAINER)["selection"])
         lap(f"{method}_select")
         results[method] = train_and_evaluate(selections[method], eval_files, out / "train" / method, base, train,
                                              max_length, seed, TRAINER)

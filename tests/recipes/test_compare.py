@@ -187,36 +187,57 @@ def test_stale_selection_for_other_targets_is_refused(data, tmp_path):
         run(data, out, methods=["random"], seed=1)
     manifest = out / "selections" / "random" / "manifest.json"
     before = manifest.stat().st_mtime_ns
+    # Every selection is judged before any runs: a stale bm25 stops the comparison before dsir is computed.
+    with pytest.raises(StaleSelectionError, match="bm25 cannot be reused"):
+        run(data, out, methods=["dsir", "bm25"])
+    assert not (out / "selections" / "dsir").exists()
     run(data, out, methods=["random"], overwrite=True)  # made the same way: reused even with overwrite
     assert manifest.stat().st_mtime_ns == before
 
 
 def test_bad_inputs_fail_before_any_selection(data, tmp_path):
+    from lightning_less.errors import InputError, MissingInputError
+
     out = tmp_path / "cmp"
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(InputError, match="unknown method 'nope'"):
         run(data, out, methods=["random", "nope"])
-    with pytest.raises(ValueError, match="pool_store and target_store"):
+    with pytest.raises(MissingInputError, match="needs --pool_store and --target_store"):
         run(data, out, methods=["random", "less"])
-    with pytest.raises(ValueError, match="more than once"):
+    with pytest.raises(InputError, match="more than once"):
         run(data, out, methods=["random", "random"])
-    with pytest.raises(ValueError, match="eval files"):
+    with pytest.raises(MissingInputError, match="--eval files"):
         run(data, out, methods=["random"], train=True, model="builtin:tiny-llama")
+    with pytest.raises(MissingInputError, match="'s2l' needs --trajectories"):
+        run(data, out, methods=["random", "s2l"])
+    with pytest.raises(InputError, match="--target_form"):
+        run(data, out, methods=["random"], target_form="(")
     assert not (out / "selections").exists()
 
 
-def test_cli(data, tmp_path, capsys, monkeypatch):
-    from lightning_less.cli import main
+def test_rendered_table_fits_the_terminal(data, tmp_path):
+    """The command returns the comparison; rich renders it as the table, within the console's width."""
+    from rich.console import Console
 
-    monkeypatch.setenv("COLUMNS", "250")
+    from lightning_less.recipes.compare import compare
+
     out = tmp_path / "cmp"
-    main(["compare", "--pool", f"[{','.join(data['pool'])}]", "--targets", data["targets"][0],
-          "--methods", "[random,bm25,dsir]", "--output", str(out), "--fraction", "0.25", "--seed", "0"])
-    printed = capsys.readouterr().out
-    result = json.loads((out / "comparison.json").read_text())
-    assert result["methods"] == ["random", "bm25", "dsir"] and result["budget"]["k"] == 10
-    for method in result["methods"]:
-        assert method in printed
-        assert result["rows"][method]["target_share"] == sum(s == "first_es" for s in selected_sources(out / "selections" / method)) / 10
+    result = compare(pool=data["pool"], targets=data["targets"][0], methods=["random", "bm25", "dsir"], output=str(out),
+                     fraction=0.25, seed=0)
+    on_disk = json.loads((out / "comparison.json").read_text())
+    assert result["methods"] == on_disk["methods"] == ["random", "bm25", "dsir"] and result["budget"]["k"] == 10
+    assert result["rows"] == on_disk["rows"]
+    for width in (250, 60):
+        console = Console(width=width, record=True)
+        console.print(result)
+        printed = console.export_text()
+        assert max(len(line) for line in printed.splitlines()) <= width
+        for method in result["methods"]:
+            assert method in printed
+            assert f"{on_disk['rows'][method]['target_share']:.3f}" in printed
+        assert ("top sources" in printed) == (width == 250)  # the sources column only when it fits
+    wide = Console(width=250, record=True)
+    wide.print(result)
+    printed = wide.export_text()
     assert str(out / "comparison.json") in printed and str(out / "comparison.png") in printed
 
 

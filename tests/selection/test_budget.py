@@ -77,6 +77,10 @@ def test_round_robin_hand_example():
     # s0 takes 0; s1 takes 1; s0's next best unselected is 3 (1 was taken); s1 takes 2.
     assert round_robin_top_k(per_subtask, 3).tolist() == [0, 1, 3]
     assert round_robin_top_k(per_subtask, 4).tolist() == [0, 1, 3, 2]
+    # Row 0 is every subtask's best; then each subtask in turn takes its own favourite.
+    favourites = np.array([[0.9, 0.9, 0.9], [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    assert round_robin_top_k(favourites, 3).tolist() == [0, 2, 3]
+    assert round_robin_top_k(favourites, 4).tolist() == [0, 2, 3, 1]
     # Ties within a subtask by ascending index.
     assert round_robin_top_k(np.zeros((3, 2)), 3).tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="1 NaN"):

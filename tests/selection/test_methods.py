@@ -1,13 +1,22 @@
-"""One selector interface: every method's result is written by the same function."""
+"""The pure selectors of the method modules: every result is written by the same function."""
 
 import numpy as np
 import pytest
 
 from lightning_less.data.records import read_records
 from lightning_less.selection.budget import budget_info, top_k
-from lightning_less.selection.methods import SELECTORS, SelectionResult
+from lightning_less.selection.methods.bm25 import select_bm25
+from lightning_less.selection.methods.dsir import select_dsir
+from lightning_less.selection.methods.less import select_less
+from lightning_less.selection.methods.random import select_random
+from lightning_less.selection.methods.rds import select_rds
+from lightning_less.selection.methods.s2l import select_s2l
 from lightning_less.selection.outputs import read_selection, write_selection
+from lightning_less.selection.result import SelectionResult
 from lightning_less.selection.scoring import influence_scores
+
+SELECTORS = {"less": select_less, "rds": select_rds, "s2l": select_s2l, "random": select_random, "bm25": select_bm25,
+             "dsir": select_dsir}
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from transformers import AutoModelForCausalLM
 from lightning_less.data.datamodule import InstructionDataset
 from lightning_less.models.loading import load_tokenizer
 from lightning_less.models.tiny import resolve_model_path
-from lightning_less.selection.methods import select_rds
-from lightning_less.selection.runner import last_token_hidden_states
+from lightning_less.passes.hidden_states import last_token_hidden_states
+from lightning_less.selection.methods.rds import select_rds
 from tests.helpers import qa_records, write_jsonl
 
 
