@@ -1,6 +1,6 @@
 """``GradientFeatureCallback``: snapshots of LoRA weights and Adam moments at every epoch end.
 
-LESS (ALGORITHMS.md 1.1) needs, for each warmup epoch i, the adapter theta_i, Adam's
+LESS (docs/algorithms.md §1.1) needs, for each warmup epoch i, the adapter theta_i, Adam's
 moments m_i and v_i keyed by parameter *name*, betas, eps, and eta_i = the mean
 learning rate over the epoch's optimizer steps. This callback writes exactly that, from
 any Lightning training whose LightningModule holds a PEFT model and whose optimizer is
@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from typing_extensions import override
 
 SNAPSHOT_FORMAT_VERSION = 1
 MOMENTS_FILE = "optimizer_moments.safetensors"
@@ -75,6 +76,7 @@ class GradientFeatureCallback(Callback):
         self.written: list[str] = []
 
     # ---------------------------------------------------------------- checks
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -86,6 +88,7 @@ class GradientFeatureCallback(Callback):
             )
         find_peft_model(pl_module)
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         start = trainer.current_epoch
         stale = sorted(p for p in self.dirpath.glob("epoch_*") if p.is_dir() and _epoch_of(p) is not None and _epoch_of(p) >= start)
@@ -100,15 +103,18 @@ class GradientFeatureCallback(Callback):
         trainer.strategy.barrier()
 
     # ------------------------------------------------------------- lr tracking
+    @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         # The LR used by this optimizer step (schedulers step after it).
         self._lr_sum += float(optimizer.param_groups[0]["lr"])
         self._lr_steps += 1
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.fit_loop.epoch_loop.batch_progress.current.ready == 0:
             self._lr_sum, self._lr_steps = 0.0, 0
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
@@ -169,9 +175,11 @@ class GradientFeatureCallback(Callback):
         rank_zero_info(f"snapshot of epoch {trainer.current_epoch} (mean lr {meta['lr']:.3g}) written to {path}")
 
     # ------------------------------------------------------------------ state
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"lr_sum": self._lr_sum, "lr_steps": self._lr_steps, "written": list(self.written)}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._lr_sum = state_dict["lr_sum"]
         self._lr_steps = state_dict["lr_steps"]

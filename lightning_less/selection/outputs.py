@@ -16,7 +16,7 @@ Writes are atomic as a set: the files are first written into a temporary directo
 next to ``out_dir``, then moved in with ``os.replace`` (same file system), the
 manifest last; with ``overwrite=True`` the old manifest is removed first, so a reader
 never sees an old manifest beside new files. Existing outputs are never silently
-reused or merged (ALGORITHMS.md 4).
+reused or merged (docs/algorithms.md §5).
 """
 
 from __future__ import annotations

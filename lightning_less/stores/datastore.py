@@ -1,6 +1,6 @@
 """A resumable on-disk store of projected per-example gradient features.
 
-Layout of a store directory (DESIGN.md "Files on disk"):
+Layout of a store directory (docs/architecture.md, "Gradient datastore"):
 
 * ``manifest.json``: ``format_version``, ``feature_kind`` (``adam`` | ``sgd``),
   ``projector`` (``Projector.describe()``), ``snapshots``, ``dims``, ``dtype``,
@@ -17,7 +17,7 @@ Layout of a store directory (DESIGN.md "Files on disk"):
 
 A store is readable as features only once :meth:`GradientDatastore.finalize` has set
 ``"complete": true``; stale or differently-built stores are refused, never reused
-(ALGORITHMS.md 4).
+(docs/algorithms.md §5).
 """
 
 from __future__ import annotations
