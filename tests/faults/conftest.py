@@ -64,3 +64,22 @@ def umask_022():
     old = os.umask(0o022)
     yield
     os.umask(old)
+
+
+def warmup(tmp_path: Path, callbacks: list, epochs: int = 2, module=None, n_records: int = 8, **trainer_kw):
+    """A tiny LoRA warmup fit (builtin model); returns ``(module, trainer)``."""
+    import lightning.pytorch as pl
+
+    from lightning_less.data.datamodule import InstructionDataModule
+    from lightning_less.modules.lora import LoRAInstructionTuningModule
+    from tests.helpers import qa_records, write_jsonl
+
+    pool = write_jsonl(tmp_path / "warmup_pool.jsonl", qa_records(n_records))
+    pl.seed_everything(0, verbose=False)
+    module = module or LoRAInstructionTuningModule(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-3,
+                                                   warmup_ratio=0.0, scheduler="constant", exact_match=False)
+    data = InstructionDataModule(train_files=[str(pool)], tokenizer_name_or_path="builtin:tiny-llama", batch_size=4)
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=callbacks, **trainer_kw)
+    trainer.fit(module, datamodule=data)
+    return module, trainer
