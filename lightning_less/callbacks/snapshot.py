@@ -33,7 +33,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from lightning_less.errors import InputError, LessError
-from lightning_less.stores.files import make_temp_dir, remove_temps, write_json_atomic
+from lightning_less.stores.files import apply_umask, make_temp_dir, remove_temps, write_json_atomic
 from lightning_less.stores.lock import DirectoryLock
 from lightning_less.stores.snapshots import (MOMENTS_FILE, PLAN_FILE, SNAPSHOT_FILE, SNAPSHOT_FORMAT_VERSION, Snapshot,
                                              epoch_of, list_snapshots, load_snapshot, planned_snapshots,
@@ -248,6 +248,7 @@ class GradientFeatureCallback(Callback):
                 "param_names": [n for n, _ in named],
             }
             write_json_atomic(tmp / SNAPSHOT_FILE, meta, sort_keys=False)
+            apply_umask(tmp)  # safetensors writes 0600 files; a snapshot is as readable as the user's umask says
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)

@@ -32,8 +32,9 @@ import numpy as np
 
 from lightning_less.errors import InputError, LessError
 
-__all__ = ["DiskFullError", "check_npy", "allocate_npy", "ensure_allocated", "npy_size", "open_npy", "read_json", "write_json_atomic",
-           "make_temp_dir", "remove_temps", "check_safetensors", "human_bytes"]
+__all__ = ["DiskFullError", "check_npy", "allocate_npy", "ensure_allocated", "npy_size", "open_npy", "read_json",
+           "write_json_atomic", "make_temp_dir", "remove_temps", "apply_umask", "current_umask", "check_safetensors",
+           "human_bytes"]
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _ZEROS = 1 << 24  # bytes per write when a file system cannot fallocate
@@ -241,6 +242,31 @@ def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
         except FileExistsError:
             continue
     raise FileExistsError(f"could not create a temporary directory {prefix}* in {parent}")
+
+
+def current_umask() -> int:
+    """The process umask (read from ``/proc`` where possible: setting it to read it is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: str | os.PathLike) -> None:
+    """Give everything under ``root`` the mode a plain ``open`` / ``mkdir`` would (some writers force ``0600``).
+
+    safetensors, for one, creates its files ``0600`` whatever the umask.
+    """
+    mask = current_umask()
+    for path in [Path(root), *Path(root).rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def remove_temps(parent: str | os.PathLike, prefix: str, suffix: str = "") -> list[Path]:
