@@ -29,6 +29,7 @@ A store is readable as features only once :meth:`GradientDatastore.finalize` has
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -41,11 +42,13 @@ import numpy as np
 from lightning_less.errors import IncompatibleError, InputError
 from lightning_less.stores.files import (DiskFullError, allocate_npy, ensure_allocated, human_bytes, npy_size,
                                          open_npy, remove_temps, write_json_atomic)
-from lightning_less.stores.lock import DirectoryLock
+from lightning_less.stores.lock import DirectoryLock, lock_for_writer
 from lightning_less.stores.manifest import (FORMAT_VERSION, MANIFEST, PROGRESS_KEYS, REBUILD, SCORING_KEYS,
                                             build_manifest, diff, normalise, read_manifest, without)
 
 __all__ = ["GradientDatastore", "FORMAT_VERSION", "SCORING_KEYS"]
+
+WRITER = "gradient datastore"  # what the lock's messages call a writer of this store
 
 
 class GradientDatastore:
@@ -129,8 +132,7 @@ class GradientDatastore:
         """
         path = Path(path)
         full = build_manifest(manifest, snapshots, dims, n_examples, dtype)
-        lock = DirectoryLock(path, "gradient datastore").acquire()
-        try:
+        with lock_for_writer(path, WRITER) as lock:
             if (path / MANIFEST).exists():
                 try:
                     existing = read_manifest(path)
@@ -150,9 +152,6 @@ class GradientDatastore:
                         raise IncompatibleError(f"{path} holds a gradient datastore built differently (pass "
                                                 "overwrite=True to replace it): " + "; ".join(diffs))
             return cls._create_locked(path, full, lock)
-        except BaseException:
-            lock.release()
-            raise
 
     @classmethod
     def replace(cls, path: str | os.PathLike, manifest: Mapping[str, Any], snapshots: Sequence[str],
@@ -166,23 +165,23 @@ class GradientDatastore:
         """
         path = Path(path)
         full = build_manifest(manifest, snapshots, dims, n_examples, dtype)
-        lock = DirectoryLock(path, "gradient datastore").acquire()
-        try:
+        with lock_for_writer(path, WRITER) as lock:
             if (path / MANIFEST).exists() and not overwrite:
                 raise FileExistsError(f"{path} already holds a datastore; pass overwrite=True to replace it")
             return cls._create_locked(path, full, lock)
-        except BaseException:
-            lock.release()
-            raise
 
     @classmethod
     def _create_locked(cls, path: Path, full: dict[str, Any], lock: DirectoryLock) -> GradientDatastore:
         """Build a fresh store at ``path`` (whose lock the caller holds), replacing a store there."""
-        if (path / MANIFEST).exists():
+        if path.exists():
+            # Without a manifest, only what a creation killed halfway leaves may be replaced; anything else is not ours.
+            foreign = sorted(p.name for p in path.iterdir() if p.name not in (MANIFEST, "features", "done")
+                             and not (p.name.startswith(f".{MANIFEST}.") and p.name.endswith(".tmp")))
+            if foreign and not (path / MANIFEST).exists():
+                raise FileExistsError(f"{path} is not empty ({foreign[:3]}) and holds no {MANIFEST}; refusing to "
+                                      "write a datastore there")
             cls._remove(path)
-        elif path.exists() and any(path.iterdir()):
-            raise FileExistsError(f"{path} is not empty and holds no {MANIFEST}; refusing to write a datastore there")
-        remove_temps(path, f".{MANIFEST}.", ".tmp")  # left by a writer killed while replacing the manifest
+            remove_temps(path, f".{MANIFEST}.", ".tmp")  # left by a writer killed while replacing the manifest
         n, dtype = full["n_examples"], np.dtype(full["dtype"])
         files = [(path / "features" / s / f"dim_{d}.npy", (n, d), dtype) for s in full["snapshots"] for d in full["dims"]]
         files += [(path / "done" / f"{s}.npy", (n,), np.dtype(np.bool_)) for s in full["snapshots"]]
@@ -190,13 +189,15 @@ class GradientDatastore:
             for file, shape, file_dtype in files:
                 file.parent.mkdir(parents=True, exist_ok=True)
                 allocate_npy(file, shape, file_dtype)
-        except DiskFullError as err:
+            write_json_atomic(path / MANIFEST, full)  # last: a manifest implies complete arrays
+        except BaseException as err:
             cls._remove(path)  # nothing half-made is left to look like a store
+            if not isinstance(err, OSError) or err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
             need = sum(npy_size(shape, file_dtype) for _, shape, file_dtype in files)
             raise DiskFullError(f"not enough disk space for the gradient datastore {path}: it needs "
                                 f"{human_bytes(need)} ({need} bytes) in {len(files)} files ({err}). Free space or "
                                 "choose another output directory, then rerun; nothing was kept.") from None
-        write_json_atomic(path / MANIFEST, full)  # last: a manifest implies complete arrays
         return cls(path, full, "r+", lock)
 
     @classmethod
@@ -212,13 +213,10 @@ class GradientDatastore:
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
         path = Path(path)
-        lock = DirectoryLock(path, "gradient datastore").acquire() if mode == "r+" else None
-        try:
+        if mode == "r":
+            return cls(path, read_manifest(path), mode)
+        with lock_for_writer(path, WRITER) as lock:
             return cls(path, read_manifest(path), mode, lock)
-        except BaseException:
-            if lock is not None:
-                lock.release()
-            raise
 
     def close(self) -> None:
         """Flush, stop writing and release the lock (reading stays possible); idempotent."""

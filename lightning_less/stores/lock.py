@@ -22,13 +22,15 @@ import os
 import socket
 import sys
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 
 from lightning_less.errors import LessError
 
-__all__ = ["DirectoryLock", "LockedError", "lock_path_for"]
+__all__ = ["DirectoryLock", "LockedError", "lock_path_for", "lock_for_writer"]
 
 log = logging.getLogger(__name__)
 #: File systems without flock (some network mounts): the lock is skipped with a warning.
@@ -114,6 +116,23 @@ class DirectoryLock:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+@contextmanager
+def lock_for_writer(directory: str | os.PathLike, what: str) -> Iterator[DirectoryLock]:
+    """Take ``directory``'s lock for a writer built inside the block: released if the block fails, kept if not.
+
+    Example::
+
+        with lock_for_writer(path, "gradient datastore") as lock:
+            return Store(path, lock)  # the store releases it when it is finished or closed
+    """
+    lock = DirectoryLock(directory, what).acquire()
+    try:
+        yield lock
+    except BaseException:
+        lock.release()
+        raise
 
 
 def _close(fd: int) -> None:

@@ -116,3 +116,15 @@ def test_gradient_pass_on_a_full_disk_fails_before_any_row_then_resumes_identica
     again = run(tmp_path / "full")
     for snap in reference.snapshots:
         np.testing.assert_array_equal(np.asarray(again.features(snap, 16)), np.asarray(reference.features(snap, 16)))
+
+
+def test_disk_filling_up_at_the_manifest_leaves_nothing(tmp_path, monkeypatch):
+    from lightning_less.stores import datastore
+
+    def full(path, obj, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(datastore, "write_json_atomic", full)
+    with pytest.raises(DiskFullError, match="manifest.json"):
+        GradientDatastore.create(tmp_path / "s", MANIFEST, SNAPSHOTS, DIMS, N)
+    assert _store_files(tmp_path / "s") == []

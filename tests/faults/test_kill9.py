@@ -184,3 +184,28 @@ def test_selection_killed_while_written(tmp_path, point):
     assert not list(tmp_path.glob(".sel.tmp-*"))
     assert read_selection(out, records).selected.tolist() == [5, 1, 3]
     assert json.loads((out / "manifest.json").read_text())["n_selected"] == 3
+
+
+# ---------------------------------------------------------------------- store creation
+def test_store_creation_killed_halfway_is_rebuilt_by_the_rerun(tmp_path):
+    from tests.faults.conftest import DIMS, MANIFEST, N, SNAPSHOTS, make_store
+
+    # Killed while allocating its third array: arrays on disk, no manifest.
+    _killed(f"""
+from lightning_less.stores import datastore
+real, calls = datastore.allocate_npy, []
+def allocate_npy(*args):
+    calls.append(args)
+    if len(calls) == 3:
+        die()
+    real(*args)
+datastore.allocate_npy = allocate_npy
+datastore.GradientDatastore.create({str(tmp_path / "s")!r}, {MANIFEST!r}, {SNAPSHOTS!r}, {DIMS!r}, {N}, dtype="float32")
+""", tmp_path, "create")
+    assert (tmp_path / "s" / "features").is_dir() and not (tmp_path / "s" / "manifest.json").exists()
+    with pytest.raises(MissingInputError):
+        GradientDatastore.open(tmp_path / "s")  # never a store until its manifest exists
+    make_store(tmp_path / "s")  # the rerun replaces the leftovers (they are all the store's own)
+    make_store(tmp_path / "reference")
+    assert {k: v for k, v in _files(tmp_path / "s").items() if k != "manifest.json"} == \
+        {k: v for k, v in _files(tmp_path / "reference").items() if k != "manifest.json"}
