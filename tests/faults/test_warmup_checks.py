@@ -7,10 +7,14 @@ the param groups or the directory.
 
 from __future__ import annotations
 
+import errno
+import os
+
 import lightning.pytorch as pl
 import pytest
 import torch
 
+from lightning_less.callbacks import snapshot
 from lightning_less.callbacks.snapshot import GradientFeatureCallback, list_snapshots, load_snapshot
 from lightning_less.errors import InputError
 from lightning_less.modules.lora import LoRAInstructionTuningModule
@@ -90,8 +94,11 @@ AdamShapedSGD.__module__ = __name__  # not a torch.optim class: judged by its st
 
 def test_optimizer_without_moments_is_refused_after_its_first_step(tmp_path):
     module = LoRAInstructionTuningModule(lora_r=4, lora_alpha=8, optimizer=AdamShapedSGD, exact_match=False)
-    message = _refused(tmp_path, module, "AdamShapedSGD holds no Adam moments", before_first_step=False)
-    assert "lora_A" in message or "lora_B" in message
+    steps = Steps()
+    with pytest.raises(InputError, match="AdamShapedSGD holds no Adam moments") as err:
+        warmup(tmp_path, [GradientFeatureCallback(str(tmp_path / "snaps")), steps], module=module, n_records=16)
+    assert "lora_A" in str(err.value) or "lora_B" in str(err.value)
+    assert len(steps.lrs[0]) == 1  # right after the first of the epoch's 4 steps, not when the epoch ends
 
 
 @pytest.mark.parametrize(("a", "b", "key"), [
@@ -123,9 +130,19 @@ def test_lora_group_values_are_recorded_not_group_0(tmp_path):
         assert snap.betas == (0.8, 0.95) and snap.eps == 1e-7
 
 
-def test_unwritable_dirpath_is_refused_before_training(tmp_path):
+def test_unwritable_dirpath_is_refused_before_training(tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("not a directory")
     steps = Steps()
     with pytest.raises(InputError, match=r"cannot write to .*a_file/snaps .*choose a writable dirpath"):
         warmup(tmp_path, [GradientFeatureCallback(str(tmp_path / "a_file" / "snaps")), steps])
+    assert steps.lrs == {}
+    # An existing directory without write permission (simulated: these tests may run as root, who ignores modes).
+    (tmp_path / "read_only").mkdir()
+
+    def denied(parent, prefix):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(parent))
+
+    monkeypatch.setattr(snapshot, "make_temp_dir", denied)
+    with pytest.raises(InputError, match=r"cannot write to .*read_only \(Permission denied"):
+        warmup(tmp_path, [GradientFeatureCallback(str(tmp_path / "read_only")), steps])
     assert steps.lrs == {}
