@@ -24,7 +24,7 @@ import re
 import shutil
 import sys
 import textwrap
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from typing import Any, Callable, Iterator
 
 from lightning_less.errors import LessError
@@ -213,11 +213,18 @@ def parse_config(command: str, path: str | os.PathLike) -> object:
 
 
 def run_command(name: str, args: list[str]) -> Any:
-    """Parse ``args`` for command ``name``, run it and return its result (None for trainer commands)."""
+    """Parse ``args`` for command ``name``, run it and return its result (None for trainer commands).
+
+    A trainer command prints what LightningCLI prints (e.g. ``test``'s metrics table) on stdout.
+    """
     if COMMANDS[name][0] == TRAINER:
         return trainer_cli([name, *args])
     parser = command_parser(name)
-    return _call(name, parser, parser.parse_args(args))
+    cfg = parser.parse_args(args)  # --help and --print_config answer on stdout
+    # stdout carries the result alone: whatever the command prints while it runs (Lightning's
+    # rich progress bars, a library's stray print) is progress, for stderr.
+    with redirect_stdout(sys.stderr):
+        return _call(name, parser, cfg)
 
 
 # ---------------------------------------------------------------------- output

@@ -118,9 +118,20 @@ def test_unknown_command(capsys):
 
 
 # ---------------------------------------------------------------------- printed results
-def test_result_is_printed_once_as_json_and_logs_go_to_stderr(tmp_path, capsys):
+def test_result_is_printed_once_as_json_and_progress_goes_to_stderr(tmp_path, capsys, monkeypatch):
+    import lightning_less.data.demo as demo_module
+
+    generate = demo_module.generate_demo_data
+
+    def chatty(*args, **kwargs):
+        print("writing: 50%")  # as a progress bar or a library would, on stdout
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(demo_module, "generate_demo_data", chatty)
     main(["demo-data", "--output", str(tmp_path / "d"), "--pool_size", "30"])
-    printed = json.loads(capsys.readouterr().out)  # a second print would make this invalid JSON
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)  # a second print, or progress on stdout, would make this invalid JSON
+    assert "writing: 50%" in captured.err
     assert set(printed) == {"pool", "targets", "eval"}
     assert sum(len(Path(p).read_text().splitlines()) for p in printed["pool"]) == 30
 
