@@ -98,7 +98,8 @@ def demo(
     """Run the built-in demo: the whole LESS pipeline and the baselines on generated data, on CPU.
 
     Writes ``<output>/results.json``, ``<output>/timings.json`` and every step's outputs
-    (data, base model, snapshots, datastores, selections, adapters); returns the table.
+    (data, base model, snapshots, datastores, selections, adapters), and returns the table
+    of every method's target share, target loss and exact match.
 
     Args:
         output: the run directory; finished steps found there are skipped.
