@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 import os
 import re
@@ -110,8 +111,6 @@ def load_command(name: str) -> Callable[..., Any]:
 
 def _description(fn: Callable) -> str:
     """The docstring up to its ``Args:`` section: the command's ``--help`` description."""
-    import inspect
-
     doc = inspect.getdoc(fn) or ""
     return re.split(r"^(?:Args|Arguments|Returns|Raises|Yields|Examples?):\s*$", doc, maxsplit=1, flags=re.M)[0].strip()
 
@@ -168,7 +167,16 @@ def less_cli_classes() -> tuple[type, type]:
         def instantiate_classes(self) -> None:
             pass
 
+    for cls in (LessCLI, ParseOnlyCLI):  # importable by these names through the module's __getattr__
+        cls.__qualname__ = cls.__name__
     return LessCLI, ParseOnlyCLI
+
+
+def __getattr__(name: str) -> Any:
+    # ``from lightning_less.cli import LessCLI`` keeps working without importing Lightning for --help.
+    if name in ("LessCLI", "ParseOnlyCLI"):
+        return less_cli_classes()[name == "ParseOnlyCLI"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @contextmanager
