@@ -79,8 +79,8 @@ class DemoResult:
 
         table = Table(title=f"lightning-less demo: target task '{self.target_task}' ({self.seconds:.0f} s)")
         table.add_column("method")
-        for column in COLUMNS:
-            table.add_column(column, justify="right")
+        for column in COLUMNS:  # headers wrap at spaces on a narrow terminal instead of being cut
+            table.add_column("selected" if column == "n_selected" else column.replace("_", " "), justify="right")
         for method, row in self.rows.items():
             table.add_row(method, str(row["n_selected"]), *(f"{row[c]:.3f}" for c in COLUMNS[1:]))
         return Group(table, f"results written to {self.results_path}")
