@@ -262,11 +262,30 @@ def test_readme_has_runnable_blocks():
         assert "..." not in block and not re.search(r"[\s'\[,]a\.jsonl", block) and "runs/proxy" not in block, block
 
 
-def test_readme_light_blocks_run(tmp_path):
-    """The blocks that train nothing, in README order, after the Usage section's first command (demo-data)."""
-    light = [b for b in readme_blocks() if not HEAVY.search(b)]
-    _run_blocks(["lightning-less demo-data --output demo_data", *light], tmp_path)
-    assert list((tmp_path / "runs").rglob("selected.jsonl"))
+def _expanded_commands(block: str, workdir: Path) -> list[list[str]]:
+    """The argument lists of the block's lightning-less commands, as bash expands them (quotes, variables)."""
+    script = f"set -euo pipefail\nlightning-less() {{ printf '%s\\0' \"$@\"; printf '\\n\\0'; }}\n{block}\n"
+    done = subprocess.run(["bash", "-c", script], cwd=workdir, capture_output=True, text=True, check=True)
+    return [cmd.strip("\0").split("\0") for cmd in done.stdout.split("\n\0") if cmd.strip("\0")]
+
+
+def test_readme_light_blocks_run(tmp_path, monkeypatch):
+    """The blocks that train nothing, in README order, after the Usage section's first command (demo-data).
+
+    Run in this process (the heavy test runs every block in subprocesses, as written).
+    """
+    monkeypatch.chdir(tmp_path)
+    commands = [["demo-data", "--output", "demo_data"]]
+    for block in readme_blocks():
+        if not HEAVY.search(block):
+            commands += _expanded_commands(block, tmp_path)
+    assert len(commands) >= 5
+    for args in commands:
+        try:
+            main(args)
+        except SystemExit as exit_:
+            pytest.fail(f"lightning-less {' '.join(args)} exited with status {exit_.code}")
+    assert len(list((tmp_path / "runs").rglob("selected.jsonl"))) >= 6  # 3 select commands, 3 compared methods
 
 
 @pytest.mark.slow
