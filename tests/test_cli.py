@@ -22,7 +22,7 @@ from tests.helpers import qa_records, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_COMMANDS = {"fit", "validate", "test", "predict", "pipeline", "select", "compare", "report", "inspect",
-                     "demo", "demo-data", "tiny-model"}
+                     "demo", "demo-data", "tiny-model", "targets", "evaluate"}
 OWN_COMMANDS = ("pipeline", "demo", "demo-data", "tiny-model")
 
 
