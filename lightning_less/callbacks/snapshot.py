@@ -163,7 +163,7 @@ class GradientFeatureCallback(Callback):
                 "weight_decay": float(group.get("weight_decay", 0.0)),
                 "optimizer": type(optimizer).__name__,
                 "step": max(steps),
-                "base_model": config.base_model_name_or_path,
+                "base_model": config.base_model_name_or_path or None,  # null: a model built in memory
                 "param_names": [n for n, _ in named],
             }
             (tmp / SNAPSHOT_FILE).write_text(json.dumps(meta, indent=2))
@@ -216,7 +216,7 @@ class Snapshot:
     betas: tuple[float, float]
     eps: float
     step: int
-    base_model: str
+    base_model: str | None
     param_names: list[str]
     exp_avg: dict[str, torch.Tensor] = field(repr=False)
     exp_avg_sq: dict[str, torch.Tensor] = field(repr=False)
@@ -258,7 +258,7 @@ def load_snapshot(path: str | os.PathLike) -> Snapshot:
         betas=tuple(meta["betas"]),
         eps=float(meta["eps"]),
         step=int(meta["step"]),
-        base_model=str(meta["base_model"]),
+        base_model=meta["base_model"] or None,
         param_names=list(meta["param_names"]),
         exp_avg=exp_avg,
         exp_avg_sq=exp_avg_sq,
