@@ -262,3 +262,47 @@ def test_batches_without_the_needed_tensors_are_refused(own, tmp_path):
     loader = DataLoader([{"input_ids": torch.tensor([1, 2, 3])}] * 2, batch_size=2)
     with pytest.raises(InputError, match=r"lack the tensors \['attention_mask', 'labels'\]"):
         _loop(own["snapshots"], tmp_path / "s", own["module"]).run(loader)
+
+
+class Versioned(TokenDataset):
+    """An own dataset that says what it is (``FingerprintedData``); its last row is an excluded example."""
+
+    def __init__(self, examples, version: str, with_index: bool = True):
+        super().__init__(examples)
+        self.version, self.with_index = version, with_index
+
+    def data_fingerprint(self) -> dict:
+        return {"kind": "my_corpus", "version": self.version, "n_examples": len(self) + 1}
+
+    @property
+    def excluded_indices(self) -> list[int]:
+        return [len(self)]
+
+    def __getitem__(self, i):
+        return {**super().__getitem__(i), **({"index": i} if self.with_index else {})}
+
+
+def _collate_with_index(items):
+    return {**collate(items), **({"index": torch.tensor([it["index"] for it in items])} if "index" in items[0] else {})}
+
+
+def test_data_with_its_own_fingerprint_is_recorded_by_it(own, tmp_path):
+    from lightning_less.stores.provenance import check_data
+
+    examples = [ex for i, ex in enumerate(own_examples()) if i != NO_RESPONSE]
+    loader = lambda version, **kw: DataLoader(Versioned(examples, version, **kw), batch_size=4,  # noqa: E731
+                                              collate_fn=_collate_with_index)
+    store = _loop(own["snapshots"], tmp_path / "s", own["module"]).run(loader("v1"))
+    manifest = store.manifest
+    assert manifest["data"] == {"kind": "my_corpus", "version": "v1", "n_examples": len(examples) + 1}
+    assert store.n_examples == len(examples) + 1 and manifest["excluded_indices"] == [len(examples)]
+    want = _reference(own["module"], own["snapshots"], examples, "adam")
+    got = np.asarray(store.features("epoch_001", DIM))[: len(examples)]
+    np.testing.assert_allclose(got, want["epoch_001"], rtol=1e-4, atol=1e-5 * np.abs(want["epoch_001"]).max())
+    check_data(manifest, loader("v1"), "the store")  # the same data: accepted
+    with pytest.raises(IncompatibleError, match="version: 'v1' != 'v2'"):
+        check_data(manifest, loader("v2"), "the store")
+    with pytest.raises(ValueError, match=r"built differently .*data\.version"):
+        _loop(own["snapshots"], tmp_path / "s", own["module"]).run(loader("v2"))
+    with pytest.raises(InputError, match="excludes some indices but its batches hold no 'index'"):
+        _loop(own["snapshots"], tmp_path / "t", own["module"]).run(loader("v1", with_index=False))
