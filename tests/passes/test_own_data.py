@@ -81,6 +81,8 @@ def _reference(module: OwnLoRAModule, snapshots, examples: list[dict], feature: 
         snap = load_snapshot(snap_dir)
         set_peft_model_state_dict(model, load_peft_weights(str(snap_dir), device="cpu"))
         params = dict(model.named_parameters())
+        for name, param in params.items():
+            param.requires_grad_(name in snap.param_names)
         numel = sum(params[n].numel() for n in snap.param_names)
         proj = make_projector("sparse_jl", numel, DIM)
         rows = []
@@ -103,13 +105,27 @@ def _reference(module: OwnLoRAModule, snapshots, examples: list[dict], feature: 
     return out
 
 
+def _user_module() -> OwnLoRAModule:
+    """The warmup's base weights (same seed) with LoRA weights of its own and everything frozen, in train mode:
+    a state no snapshot holds, so the pass must give back exactly this."""
+    module = OwnLoRAModule(seed=0)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in module.model.named_parameters():
+            if "lora_" in name:
+                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    module.freeze()
+    module.train()
+    return module
+
+
 def _lora_state(module: OwnLoRAModule) -> dict:
     return {n: (p.detach().clone(), p.requires_grad) for n, p in module.model.named_parameters() if "lora_" in n}
 
 
 @pytest.mark.parametrize("feature", ["adam", "sgd"])
 def test_features_of_an_in_memory_model_and_unindexed_data_equal_one_example_at_a_time(own, tmp_path, feature):
-    module, examples = own["module"], own_examples()
+    module, examples = _user_module(), own_examples()
     before, training = _lora_state(module), module.model.training
     store = _loop(own["snapshots"], tmp_path / "store", module, feature=feature).run(own_loader(examples))
     assert store.is_complete() and store.n_examples == len(examples)
@@ -129,7 +145,8 @@ def test_features_of_an_in_memory_model_and_unindexed_data_equal_one_example_at_
 
 
 def test_a_failing_pass_gives_the_module_back_too(own, tmp_path):
-    module, before = own["module"], _lora_state(own["module"])
+    module = _user_module()
+    before = _lora_state(module)
 
     class Fail(pl.Callback):
         def on_predict_batch_end(self, *args, **kwargs):
