@@ -125,3 +125,12 @@ def test_instruction_data_records_its_files_and_tokenization(warm_run, stores):
     assert tokenizer_fingerprint(tokenizer) == data["tokenizer"]
     with pytest.raises(InputError, match="a predict pass runs over whole files"):
         InstructionDataset([warm_run["pool"]], tokenizer, fraction=0.5).data_fingerprint()
+
+
+def test_the_report_refuses_targets_other_than_the_selections(warm_run, stores, tmp_path):
+    from lightning_less.analysis.inputs import load_inputs
+
+    selection = _select(warm_run, stores, tmp_path / "sel")
+    with pytest.raises(IncompatibleError, match="are not the target files the selection was made for"):
+        load_inputs(selection, targets=[stores["other_targets"]])
+    assert len(load_inputs(selection, targets=[warm_run["targets"]]).targets) == 5
