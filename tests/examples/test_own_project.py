@@ -47,7 +47,9 @@ def test_the_example_selects_the_target_task_and_training_on_it_helps(own_run):
 def test_the_cli_config_computes_the_same_store_with_the_module_built_from_yaml(own_run, tmp_path, monkeypatch):
     workdir, out = own_run
     monkeypatch.chdir(tmp_path)
+    # The module named by its class path on the command line too (its default init_args: seed 0, the warmup's).
     main(["predict", "--config", str(ROOT / "configs" / "tiny" / "gradients_own_module.yaml"),
+          "--model.init_args.model=examples.own_project.model.OwnLoRAModule",
           f"--model.init_args.snapshots={workdir / 'snapshots'}", f"--model.init_args.output_dir={tmp_path / 'pool'}",
           f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
     cli, example = GradientDatastore.open(tmp_path / "pool"), GradientDatastore.open(out["pool_store"])
