@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_less.data.records import Record, RecordError, as_paths, file_sha256, read_records
+from lightning_less.errors import IncompatibleError
 from lightning_less.selection.outputs import Selection, StaleSelectionError, read_selection
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,17 @@ def load_targets(manifest: dict[str, Any], targets: Any, warnings: list[str]) ->
     Returns:
         The records (``None`` when there are none to use) and a note saying where they
         came from or why they are missing.
+
+    Raises:
+        IncompatibleError: explicit ``targets`` other than the files the manifest records.
     """
     explicit = as_paths(targets)
     if explicit:
+        recorded = manifest.get("inputs", {}).get("targets")
+        if isinstance(recorded, list) and recorded and all(isinstance(e, dict) and e.get("sha256") for e in recorded):
+            if [file_sha256(p) for p in explicit] != [e["sha256"] for e in recorded]:  # per-subtask scores are theirs
+                raise IncompatibleError(f"--targets {explicit} are not the target files the selection was made for "
+                                        f"({[e.get('path') for e in recorded]}, compared by sha256)")
         log.info("reading target records from %s", ", ".join(explicit))
         return read_records(explicit), f"targets read from {', '.join(explicit)}"
     recorded = as_paths(manifest.get("inputs", {}).get("targets"))

@@ -244,7 +244,7 @@ class GradientFeatureCallback(Callback):
                 "weight_decay": float(group.get("weight_decay", 0.0)),
                 "optimizer": type(optimizer).__name__,
                 "step": max(steps),
-                "base_model": config.base_model_name_or_path,
+                "base_model": config.base_model_name_or_path or None,  # null: a model built in memory
                 "param_names": [n for n, _ in named],
             }
             write_json_atomic(tmp / SNAPSHOT_FILE, meta, sort_keys=False)

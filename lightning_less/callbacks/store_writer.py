@@ -3,19 +3,28 @@
 Shared by the gradient pass (:mod:`lightning_less.passes.gradient_features`) and the S2L trajectory
 pass (:mod:`lightning_less.passes.loss_trajectories`), which differ only in what they compute:
 
+* the data may be any ``DataLoader`` or ``LightningDataModule`` of HF-style dict batches
+  (``input_ids``, ``attention_mask``, ``labels``; ``index`` optional). Rank 0 identifies
+  it before anything is computed (:func:`describe_predict_data`): by its own
+  ``data_fingerprint()`` when it has one, else by a hash of its token ids and labels
+  (:func:`~lightning_less.stores.provenance.token_identity`); the store records it as
+  ``data``, so a resumed pass and every consumer refuse other data;
+* an example's row is its batch ``index``, else its position in the dataset, which
+  Lightning's samplers report as the batch's indices (:func:`batch_rows`), under DDP too;
 * one process writes the store itself (a compatible unfinished store is resumed);
 * under DDP each rank writes its own shard ``<store>.shards/rank_<r>_of_<w>`` (the
   predict sampler gives disjoint shards), and rank 0 merges them when predict ends; an
   earlier merged store is checked on rank 0 and the verdict broadcast, so a refusal
   raises on every rank instead of leaving the others waiting;
-* rows of examples without a response token (``dataset.dropped``) are written as zeros,
-  marked done, and listed in the manifest as ``excluded_indices``.
+* rows without an example (no response token: the data's ``excluded_indices``) are
+  written as zeros, marked done, and listed in the manifest as ``excluded_indices``.
 
 The LightningModule is a :class:`StorePass`: it provides ``output_dir``, ``overwrite`` and
-``store_spec(dataset)`` returning ``(manifest, names, dims, dtype)``, and its ``predict_step``
-returns ``{"rows": [(name, dim, indices, values [len(indices), dim]), ...]}`` (or ``None``);
-the writer sets its ``store``, ``skip`` (nothing to do) and ``done`` (``{name: bool mask}``,
-kept current) before the first batch.
+``store_spec(data)`` returning ``(manifest, names, dims, dtype)`` (the writer adds ``data``
+and ``excluded_indices``), and its ``predict_step`` returns
+``{"rows": [(name, dim, rows, values [len(rows), dim]), ...]}`` (or ``None``), the rows
+given by :func:`batch_rows`; the writer sets its ``store``, ``skip`` (nothing to do) and
+``done`` (``{name: bool mask}``, kept current) before the first batch.
 """
 
 from __future__ import annotations
@@ -27,20 +36,68 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_less.errors import LessError
+from lightning_less.data.datamodule import FingerprintedData
+from lightning_less.errors import IncompatibleError, InputError, LessError
 from lightning_less.stores.datastore import GradientDatastore
+from lightning_less.stores.provenance import DataIdentity, example_digests, fingerprinted_identity, token_identity
+
+#: Manifest keys the writer sets from the data (a pass's ``store_spec`` leaves them out).
+DATA_KEYS = ("data", "excluded_indices")
 
 
-def predict_dataset(trainer: pl.Trainer):
-    """The dataset of the running predict pass (from the datamodule, else the dataloader)."""
-    if trainer.datamodule is not None:
-        return trainer.datamodule._dataset("predict")
+def predict_loader(trainer: pl.Trainer) -> Any:
+    """The one dataloader of the running predict pass."""
     loaders = trainer.predict_dataloaders
-    return (loaders[0] if isinstance(loaders, (list, tuple)) else loaders).dataset
+    if isinstance(loaders, (list, tuple)):
+        if len(loaders) != 1:
+            raise InputError(f"a store pass runs over one predict dataloader, got {len(loaders)}")
+        loaders = loaders[0]
+    return loaders
+
+
+def describe_predict_data(trainer: pl.Trainer) -> DataIdentity:
+    """What the store records of the predict data: the datamodule's or the dataset's ``data_fingerprint()``
+    (:class:`~lightning_less.data.datamodule.FingerprintedData`), else a hash of its token ids and labels."""
+    loader = predict_loader(trainer)
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(trainer.datamodule, FingerprintedData):
+        return fingerprinted_identity(trainer.datamodule, len(dataset))
+    if isinstance(dataset, FingerprintedData):
+        return fingerprinted_identity(dataset, len(dataset))
+    if not isinstance(loader, DataLoader):
+        raise InputError(f"the predict data is a {type(loader).__name__}: give a torch DataLoader, or a dataset / "
+                         "datamodule with data_fingerprint() (lightning_less.data.datamodule.FingerprintedData)")
+    return token_identity(loader)
+
+
+def batch_rows(trainer: pl.Trainer, batch: dict) -> np.ndarray:
+    """The store rows of a predict batch: its ``index``, else the dataset positions the sampler drew.
+
+    Lightning records the sampler's indices of the current batch (``current_batch_indices``)
+    for prediction writers: dataset positions, also under DDP, where rank ``r`` of ``W``
+    gets positions ``r, r + W, ...``.
+    """
+    if "index" in batch:
+        return torch.as_tensor(batch["index"]).cpu().numpy().astype(np.int64).reshape(-1)
+    positions = list(trainer.predict_loop.current_batch_indices)
+    if len(positions) != batch["input_ids"].shape[0]:
+        raise InputError("the batches hold no 'index' and Lightning could not tell which dataset positions this batch "
+                         "holds (a DataLoader with a batch sampler is needed): put an 'index' [B] in each batch")
+    return np.asarray(positions, dtype=np.int64)
+
+
+def take_rows(batch: dict, keep: np.ndarray) -> dict:
+    """The batch's examples where ``keep`` (bool [B]) is set: every tensor with one row per example is cut."""
+    size = batch["input_ids"].shape[0]
+    picks = torch.as_tensor(np.flatnonzero(keep), device=batch["input_ids"].device)
+    return {k: (v[picks.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == size else v)
+            for k, v in batch.items()}
 
 
 def shard_dir(output_dir: Path, rank: int, world_size: int) -> Path:
@@ -69,8 +126,9 @@ class StorePass(Protocol):
     done: dict[str, np.ndarray]
     """Set by the writer and kept current: per snapshot name, the bool mask of rows written."""
 
-    def store_spec(self, dataset: Any) -> tuple[dict[str, Any], list[str], list[int], str]:
-        """``(manifest, snapshot names, dims, dtype)`` of the store for the predict ``dataset``."""
+    def store_spec(self, data: DataIdentity) -> tuple[dict[str, Any], list[str], list[int], str]:
+        """``(manifest, snapshot names, dims, dtype)`` of the store for the predict ``data`` (``data.n_examples``
+        rows); the manifest leaves out ``data`` and ``excluded_indices``, which the writer records."""
         ...
 
 
@@ -90,15 +148,25 @@ class ShardedStoreWriter(BasePredictionWriter):
     def __init__(self, what: str = "datastore") -> None:
         super().__init__(write_interval="batch")
         self.what = what
+        self.data: DataIdentity | None = None
+
+    def _spec(self, trainer: pl.Trainer, module: StorePass) -> tuple[DataIdentity, tuple]:
+        data = describe_predict_data(trainer)
+        manifest, names, dims, dtype = module.store_spec(data)
+        clash = [k for k in DATA_KEYS if k in manifest]
+        if clash:
+            raise ValueError(f"{type(module).__name__}.store_spec sets {clash}: the writer records the data itself")
+        manifest = {**manifest, "data": data.fingerprint, "excluded_indices": data.excluded_indices}
+        return data, (manifest, names, dims, dtype)
 
     @override
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module = as_store_pass(pl_module)
-        dataset = predict_dataset(trainer)
-        # Rank 0 builds the manifest (it may hash large files); every rank writes the same one.
-        spec = trainer.strategy.broadcast(module.store_spec(dataset) if trainer.is_global_zero else None, src=0)
+        # Rank 0 identifies the data and builds the manifest (it may read the data once and hash
+        # large files); every rank writes the same one.
+        self.data, spec = trainer.strategy.broadcast(self._spec(trainer, module) if trainer.is_global_zero else None, src=0)
         manifest, names, dims, dtype = spec
-        n = len(dataset.records)
+        n = self.data.n_examples
         out = Path(module.output_dir)
         module.skip = False
         if trainer.world_size > 1:
@@ -123,7 +191,7 @@ class ShardedStoreWriter(BasePredictionWriter):
             module.skip = True
             rank_zero_info(f"{self.what} {out} is already complete: nothing to do")
             return
-        excluded = np.asarray(manifest.get("excluded_indices", []), dtype=np.int64)
+        excluded = np.asarray(self.data.excluded_indices, dtype=np.int64)
         if trainer.is_global_zero and excluded.size:
             for name in names:
                 if not store.done_mask(name)[excluded].all():
@@ -132,17 +200,32 @@ class ShardedStoreWriter(BasePredictionWriter):
                     store.mark_done(name, excluded)
         module.done = {name: store.done_mask(name) for name in names}
         # This rank's own share (the predict sampler deals rank, rank + world, ...); rank 0 marked the excluded rows.
-        share = len(range(trainer.global_rank, len(dataset), trainer.world_size))
+        share = len(range(trainer.global_rank, n - excluded.size, trainer.world_size))
         excluded_here = excluded.size if trainer.is_global_zero else 0
         left = int(sum(share - (int(d.sum()) - excluded_here) for d in module.done.values()))
-        rank_zero_info(f"{self.what}: {len(dataset)} examples x {len(names)} x dims {dims} -> {out} "
+        rank_zero_info(f"{self.what}: {n - excluded.size} examples x {len(names)} x dims {dims} -> {out} "
                        f"({left} rows to compute on rank {trainer.global_rank})")
+
+    def _check_batch(self, trainer: pl.Trainer, batch: dict) -> None:
+        """Refuse a batch whose rows the data identity does not account for, before anything is written."""
+        assert self.data is not None, "on_predict_start identifies the data before the first batch"
+        rows = batch_rows(trainer, batch)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.data.n_examples):
+            raise InputError(f"batch rows {rows.tolist()[:10]} fall outside the {self.data.n_examples} rows of the data")
+        if "index" not in batch and self.data.excluded_indices and self.data.digests is None:
+            raise InputError("the data excludes some indices but its batches hold no 'index': add 'index' to the batches")
+        if self.data.digests is not None and not np.array_equal(example_digests(batch), self.data.digests[rows]):
+            raise IncompatibleError(f"the examples at rows {rows.tolist()[:10]} differ from those read when the pass "
+                                    "started: the data must give the same token ids and labels every time it is read")
 
     @override
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        module = cast(StorePass, pl_module)  # checked in on_predict_start
+        if module.skip:
+            return
+        self._check_batch(trainer, batch)
         if not prediction:
             return
-        module = cast(StorePass, pl_module)  # checked in on_predict_start
         store = module.store
         assert store is not None, "on_predict_start sets the store before the first batch"
         written: dict[str, list[np.ndarray]] = defaultdict(list)

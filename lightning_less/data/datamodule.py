@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import lightning.pytorch as pl
 import numpy as np
@@ -14,8 +16,63 @@ from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lightning_less.data.formatting import IGNORE_INDEX, TemplateName, encode_messages, has_response_token, tulu_prompt
-from lightning_less.data.records import Record, read_records
+from lightning_less.data.records import Record, file_sha256, read_records
+from lightning_less.errors import InputError
 from lightning_less.models.loading import load_tokenizer
+
+#: ``data_fingerprint()["kind"]`` of data read from files (jsonl records, tokenized here).
+FILES_KIND = "files"
+
+
+@runtime_checkable
+class FingerprintedData(Protocol):
+    """Data that says what it is: met by a dataset or a datamodule that a predict pass runs over.
+
+    The gradient, trajectory (and hidden-state) passes record ``data_fingerprint()`` in their
+    store's manifest; a resumed pass and every consumer of the store compare it with the
+    data they are given (docs/architecture.md, "Running a pass on your own project").
+    Data that does not offer it is identified by a hash of its token ids and labels
+    instead (``lightning_less.stores.provenance``).
+
+    Rows of the store are example indices ``0 .. len(dataset) + len(excluded_indices) - 1``:
+    the batches' ``index`` entries. A source that lists excluded indices must put ``index``
+    in its batches (without ``index``, an example's row is its position in the dataset).
+    """
+
+    def data_fingerprint(self) -> dict[str, Any]:
+        """JSON-able identity of the examples and of how they become token ids.
+
+        Two fingerprints are equal exactly when the batches would hold the same examples;
+        ``kind`` names the scheme (``"files"``: jsonl files with their sha256,
+        ``n_examples``, ``max_length``, ``template`` and ``tokenizer``).
+        """
+        ...
+
+    @property
+    def excluded_indices(self) -> list[int]:
+        """Indices that are part of the numbering but hold no example (no response token left)."""
+        ...
+
+
+def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
+    """What decides how a tokenizer turns text into ids: its class, special tokens and a sha256 of its state.
+
+    The state is the fast tokenizer's serialization (vocabulary, merges, normalizer...)
+    without its runtime padding / truncation settings, else the vocabulary. Its name or
+    path is not part of it, so the same tokenizer loaded from two places is the same.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+    else:
+        state = {"vocab": tokenizer.get_vocab()}
+    text = json.dumps(state, sort_keys=True, ensure_ascii=False)
+    return {
+        "class": type(tokenizer).__name__,
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "bos_token": tokenizer.bos_token,
+        "eos_token": tokenizer.eos_token,
+    }
 
 
 def sample_fraction(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -72,6 +129,7 @@ class InstructionDataset(Dataset):
         self.max_length = max_length
         self.template = template
         self.with_generation = with_generation
+        self.subset = indices is not None or fraction is not None
         self.records = read_records(self.files)
         chosen = self.records
         if indices is not None:
@@ -105,6 +163,33 @@ class InstructionDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def data_fingerprint(self) -> dict[str, Any]:
+        """The files with their sha256, the number of records and the tokenization (:class:`FingerprintedData`).
+
+        Raises:
+            InputError: the dataset is a sample or a selection of its files (a pass runs over whole files).
+        """
+        if self.subset:
+            raise InputError(f"a dataset of a sample or a selection of {self.files} has no data fingerprint: "
+                             "a predict pass runs over whole files (give them as predict_files)")
+        fingerprint = {
+            "kind": FILES_KIND,
+            "files": [{"path": f, "sha256": file_sha256(f)} for f in self.files],
+            "n_examples": len(self.records),
+            "max_length": self.max_length,
+            "template": self.template,
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+        }
+        if self.template == "chat_template":
+            template = self.tokenizer.chat_template or ""
+            fingerprint["tokenizer"]["chat_template_sha256"] = hashlib.sha256(template.encode("utf-8")).hexdigest()
+        return fingerprint
+
+    @property
+    def excluded_indices(self) -> list[int]:
+        """Records with no response token after truncation (``dropped``): no example, but a row."""
+        return [r.index for r in self.dropped]
 
     def __getitem__(self, i: int) -> dict:
         ex = self.examples[i]
@@ -227,6 +312,15 @@ class InstructionDataModule(pl.LightningDataModule):
                 raise ValueError("InstructionDataModule needs tokenizer_name_or_path (the CLI links it to the model's)")
             self._tokenizer = load_tokenizer(self.tokenizer_name_or_path)
         return self._tokenizer
+
+    def data_fingerprint(self) -> dict[str, Any]:
+        """The predict dataset's fingerprint (:class:`FingerprintedData`): what the passes record."""
+        return self._dataset("predict").data_fingerprint()
+
+    @property
+    def excluded_indices(self) -> list[int]:
+        """The predict dataset's records without a response token."""
+        return self._dataset("predict").excluded_indices
 
     def _dataset(self, split: str) -> InstructionDataset:
         if split in self.datasets:

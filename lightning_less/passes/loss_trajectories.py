@@ -3,7 +3,9 @@
 :class:`LossTrajectoryModule` (with the shared
 :class:`~lightning_less.callbacks.store_writer.ShardedStoreWriter`) computes them from saved
 checkpoints (full models saved with ``save_pretrained``, or PEFT adapter dirs on a base
-model) in one ``trainer.predict`` pass over padded batches. It resumes (a done mask per
+model) in one ``trainer.predict`` pass over padded batches of any ``DataLoader`` or
+``LightningDataModule`` of HF-style dict batches (``index`` optional; the store records what
+the data is, docs/architecture.md "Running a pass on your own project"). It resumes (a done mask per
 checkpoint), shards under DDP (each rank writes ``<output>.shards/rank_<r>_of_<w>``, rank 0
 merges them, equal to one process) and refuses to mix stores built differently.
 :func:`compute_trajectories` runs it; ``configs/tiny/trajectories.yaml`` is the CLI form.
@@ -25,19 +27,12 @@ import torch
 from typing_extensions import override
 
 from lightning_less.callbacks.save_pretrained import CHECKPOINT_INFO
-from lightning_less.callbacks.store_writer import ShardedStoreWriter
+from lightning_less.callbacks.store_writer import ShardedStoreWriter, batch_rows, take_rows
 from lightning_less.data.records import file_sha256
 from lightning_less.modules.losses import example_losses
 from lightning_less.stores.datastore import GradientDatastore
-from lightning_less.stores.trajectory import (
-    FEATURE_KIND,
-    LOSS_DEFINITION,
-    LOSS_DIM,
-    NO_PROJECTOR,
-    TrajectoryStore,
-    _excluded,
-    data_manifest,
-)
+from lightning_less.stores.provenance import DataIdentity, check_batch
+from lightning_less.stores.trajectory import FEATURE_KIND, LOSS_DEFINITION, LOSS_DIM, NO_PROJECTOR, TrajectoryStore
 
 
 def _natural_key(name: str) -> list:
@@ -205,9 +200,9 @@ class LossTrajectoryModule(pl.LightningModule):
     def configure_callbacks(self):
         return [ShardedStoreWriter("trajectory store")]
 
-    def store_spec(self, dataset) -> tuple[dict[str, Any], list[str], list[int], str]:
+    def store_spec(self, data: DataIdentity) -> tuple[dict[str, Any], list[str], list[int], str]:
         """What :class:`ShardedStoreWriter` needs to create (or resume) the trajectory store."""
-        return self.manifest(dataset), self.checkpoint_names, [LOSS_DIM], "float32"
+        return self.manifest(data), self.checkpoint_names, [LOSS_DIM], "float32"
 
     @override
     def setup(self, stage: str) -> None:
@@ -220,8 +215,8 @@ class LossTrajectoryModule(pl.LightningModule):
             self._weights = [{n: w.to(self.device) for n, w in ws.items()} for ws in self._weights]
         self._active = None
 
-    def manifest(self, dataset) -> dict[str, Any]:
-        """The store manifest: everything needed to refuse mixing incompatible stores."""
+    def manifest(self, data: DataIdentity | None = None) -> dict[str, Any]:
+        """The store manifest (the writer adds the data): everything needed to refuse mixing incompatible stores."""
         return {
             "feature_kind": FEATURE_KIND,
             "projector": NO_PROJECTOR,
@@ -233,8 +228,6 @@ class LossTrajectoryModule(pl.LightningModule):
             "model_dtype": self.dtype_name,
             "checkpoints": [checkpoint_fingerprint(p) for p in self.checkpoint_dirs],
             "steps": [_checkpoint_step(p) for p in self.checkpoint_dirs],
-            "data": data_manifest(dataset),
-            **_excluded(dataset),
         }
 
     @torch.no_grad()
@@ -250,7 +243,8 @@ class LossTrajectoryModule(pl.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict | None:
         if self.skip:
             return None
-        index = batch["index"].cpu().numpy()
+        check_batch(batch)
+        index = batch_rows(self.trainer, batch)
         order = list(range(len(self.checkpoint_dirs)))
         if self._active is not None:  # start with the weights already in place: one swap fewer per batch
             order = order[self._active :] + order[: self._active]
@@ -261,10 +255,7 @@ class LossTrajectoryModule(pl.LightningModule):
                 todo = ~self.done[name][index]
                 if not todo.any():
                     continue
-                sub = batch
-                if not todo.all():
-                    keep = torch.as_tensor(np.flatnonzero(todo), device=batch["input_ids"].device)
-                    sub = {k: v[keep] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+                sub = batch if todo.all() else take_rows(batch, todo)
                 self._activate(i)
                 losses = example_losses(self.model, sub).double().cpu().numpy()
                 if not np.isfinite(losses).all():

@@ -75,7 +75,7 @@ class Snapshot:
     betas: tuple[float, float]
     eps: float
     step: int
-    base_model: str
+    base_model: str | None
     param_names: list[str]
     exp_avg: dict[str, torch.Tensor] = field(repr=False)
     exp_avg_sq: dict[str, torch.Tensor] = field(repr=False)
@@ -124,7 +124,7 @@ def load_snapshot(path: str | os.PathLike) -> Snapshot:
         betas=tuple(meta["betas"]),
         eps=float(meta["eps"]),
         step=int(meta["step"]),
-        base_model=str(meta["base_model"]),
+        base_model=meta["base_model"] or None,
         param_names=list(meta["param_names"]),
         exp_avg=exp_avg,
         exp_avg_sq=exp_avg_sq,

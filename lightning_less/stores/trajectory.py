@@ -28,12 +28,9 @@ LOSS_DEFINITION = "response_token_mean"
 
 
 def data_manifest(dataset) -> dict[str, Any]:
-    """The data part of a manifest: files with their sha256, max_length and template."""
-    return {
-        "files": [{"path": str(f), "sha256": file_sha256(f)} for f in dataset.files],
-        "max_length": dataset.max_length,
-        "template": dataset.template,
-    }
+    """The data part of a manifest: the dataset's ``data_fingerprint()`` (files with their sha256, tokenization),
+    as the trajectory pass records it."""
+    return dataset.data_fingerprint()
 
 
 def _excluded(dataset) -> dict[str, Any]:

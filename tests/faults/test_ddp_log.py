@@ -15,8 +15,15 @@ N_RECORDS, DROPPED = 7, [3]  # record 3 has no response token: excluded, in no r
 
 
 class Dataset(SimpleNamespace):
+    """Meets FingerprintedData: its rows are record indices, the dropped record listed as excluded."""
+
+    excluded_indices = DROPPED
+
     def __len__(self) -> int:  # the examples kept (dropped records are not in the dataset)
         return N_RECORDS - len(DROPPED)
+
+    def data_fingerprint(self) -> dict:
+        return {"kind": "test", "n_examples": N_RECORDS}
 
 
 class Strategy:
@@ -35,12 +42,15 @@ class Strategy:
 def _start(tmp_path, rank, world_size, done_before=()):
     """``on_predict_start`` of one rank, with a fake trainer; returns the module (its shard store is open)."""
     dataset = Dataset(records=list(range(N_RECORDS)), dropped=[SimpleNamespace(index=i) for i in DROPPED])
-    manifest = {"feature_kind": "adam", "projector": {"kind": "test"}, "excluded_indices": DROPPED}
+    manifest = {"feature_kind": "adam", "projector": {"kind": "test"}}
     spec = (manifest, NAMES, DIMS, "float32")
     module = SimpleNamespace(output_dir=tmp_path / "store", overwrite=False, store=None, skip=False, done={},
-                             store_spec=lambda ds: spec)
-    trainer = SimpleNamespace(strategy=Strategy(spec), is_global_zero=rank == 0, world_size=world_size, global_rank=rank,
-                              datamodule=SimpleNamespace(_dataset=lambda stage: dataset))
+                             store_spec=lambda data: spec)
+    loaders = [SimpleNamespace(dataset=dataset)]
+    rank_zero = SimpleNamespace(datamodule=None, predict_dataloaders=loaders)
+    broadcast = ShardedStoreWriter()._spec(rank_zero, module)  # what rank 0 broadcasts: (data identity, store spec)
+    trainer = SimpleNamespace(strategy=Strategy(broadcast), is_global_zero=rank == 0, world_size=world_size, global_rank=rank,
+                              datamodule=None, predict_dataloaders=loaders)
     if done_before:  # an earlier, interrupted run of this rank
         ShardedStoreWriter().on_predict_start(trainer, module)
         for name in NAMES:

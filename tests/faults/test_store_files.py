@@ -86,14 +86,21 @@ def test_damaged_store_is_refused_by_name_then_rebuilt_with_overwrite(tmp_path, 
 def test_truncated_pool_store_stops_the_selection(tmp_path):
     """The failure this guards against: a truncated pool store read as complete, and a selection written with exit 0."""
     from lightning_less.selection.runner import run_selection
+    from lightning_less.data.records import file_sha256
     from tests.helpers import qa_records, write_jsonl
 
     pool = write_jsonl(tmp_path / "pool.jsonl", qa_records(N, prefix="p"))
     targets = write_jsonl(tmp_path / "t.jsonl", qa_records(3, prefix="t"))
-    common = {"projector": MANIFEST["projector"], "snapshot_lrs": [1e-3, 5e-4], "excluded_indices": []}
-    make_store(tmp_path / "pool", manifest={**common, "feature_kind": "adam"})
-    target_store = GradientDatastore.create(tmp_path / "targets", {**common, "feature_kind": "sgd"}, SNAPSHOTS, DIMS, 3,
-                                            dtype="float32")
+    common = {"projector": MANIFEST["projector"], "snapshot_lrs": [1e-3, 5e-4], "excluded_indices": [],
+              "snapshot_info": [{"name": s, "sha256": {"snapshot.json": "same"}} for s in SNAPSHOTS]}
+
+    def data(path):  # the provenance the gradient pass records: the files and how they were tokenized
+        return {"kind": "files", "files": [{"path": str(path), "sha256": file_sha256(path)}], "max_length": 64,
+                "template": "tulu", "tokenizer": {"sha256": "same"}}
+
+    make_store(tmp_path / "pool", manifest={**common, "feature_kind": "adam", "data": data(pool)})
+    target_store = GradientDatastore.create(tmp_path / "targets", {**common, "feature_kind": "sgd", "data": data(targets)},
+                                            SNAPSHOTS, DIMS, 3, dtype="float32")
     fill(target_store, np.arange(3))
     target_store.finalize()
     args = dict(method="less", pool_files=[str(pool)], target_files=[str(targets)], count=4,

@@ -250,9 +250,10 @@ def test_stores_built_differently_are_refused(run, tmp_path):
 
 
 def test_example_without_response_token_is_nan_reported_and_excluded_by_s2l(run, tmp_path):
+    assert TrajectoryStore(run["callback_store"]).read()[1]["excluded_ids"] == ["p-long"]
     for path in (run["ckpt_store"], run["callback_store"]):
         traj, manifest = TrajectoryStore(path).read()
-        assert manifest["excluded_indices"] == [NO_RESPONSE] and manifest["excluded_ids"] == ["p-long"]
+        assert manifest["excluded_indices"] == [NO_RESPONSE]
         assert np.isnan(traj[NO_RESPONSE]).all()
         assert np.isfinite(np.delete(traj, NO_RESPONSE, axis=0)).all()
     out = run_selection("s2l", [run["pool"]], None, tmp_path / "sel", fraction=None, count=13, trajectories=run["ckpt_store"], n_clusters=3)
@@ -260,3 +261,31 @@ def test_example_without_response_token_is_nan_reported_and_excluded_by_s2l(run,
     assert manifest["params"]["info"]["excluded_indices"] == [NO_RESPONSE]
     ids = [json.loads(line)["id"] for line in (out / "selected.jsonl").read_text().splitlines()]
     assert len(ids) == 13 and "p-long" not in ids  # every example with a defined loss, never the undefined one
+
+
+def test_an_own_loader_without_index_gives_the_same_trajectories(run, tmp_path):
+    """Token ids from an own DataLoader (no ``index``, no library datamodule): rows are dataset positions, the
+    example without a predicted token is excluded, and the losses are those of the jsonl pass."""
+    from torch.utils.data import DataLoader
+
+    from lightning_less.data.formatting import encode_messages
+    from lightning_less.data.records import read_records
+    from lightning_less.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(run["model"])
+    items = [dict(zip(("input_ids", "labels"), encode_messages(r.messages, tokenizer, max_length=MAX_LENGTH)))
+             for r in read_records([run["pool"]])]
+
+    def collate(batch):
+        width = max(len(it["input_ids"]) for it in batch)
+        pad = lambda seq, value: seq + [value] * (width - len(seq))  # noqa: E731
+        return {"input_ids": torch.tensor([pad(it["input_ids"], 0) for it in batch]),
+                "attention_mask": torch.tensor([pad([1] * len(it["input_ids"]), 0) for it in batch]),
+                "labels": torch.tensor([pad(it["labels"], -100) for it in batch])}
+
+    module = LossTrajectoryModule(run["ckpts"], str(tmp_path / "own"))
+    _trainer([]).predict(module, dataloaders=DataLoader(items, batch_size=4, collate_fn=collate), return_predictions=False)
+    got, manifest = TrajectoryStore(tmp_path / "own").read()
+    want, _ = TrajectoryStore(run["ckpt_store"]).read()
+    assert manifest["data"]["kind"] == "token_sha256" and manifest["excluded_indices"] == [NO_RESPONSE]
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)  # NaN on the excluded row in both

@@ -36,13 +36,16 @@ def write_records(path: Path, recs: list[dict]) -> str:
 
 
 def gradient_store(path: Path, kind: str, features: Sequence[np.ndarray], lrs: Sequence[float],
-                   excluded: Sequence[int] = (), extra_dims: Sequence[int] = ()) -> str:
-    """A finished gradient datastore of one dim (plus ``extra_dims`` filled with other features); rows
-    ``excluded`` hold zeros, as the gradient pass writes examples without a response token."""
+                   excluded: Sequence[int] = (), extra_dims: Sequence[int] = (), files: Sequence[str] = ()) -> str:
+    """A finished gradient datastore of one dim (plus ``extra_dims`` filled with other features) of ``files``;
+    rows ``excluded`` hold zeros, as the gradient pass writes examples without a response token."""
     n, d = features[0].shape
     snaps = [f"epoch_{i:03d}" for i in range(len(features))]
     dims = [d, *extra_dims]
-    manifest = {"feature_kind": kind, "projector": {str(x): {"kind": "hand"} for x in dims},
+    data = {"kind": "files", "files": [{"path": str(f), "sha256": file_sha256(f)} for f in files], "max_length": 64,
+            "template": "hand", "tokenizer": {"sha256": "hand"}}
+    manifest = {"feature_kind": kind, "projector": {str(x): {"kind": "hand"} for x in dims}, "data": data,
+                "snapshot_info": [{"name": s, "sha256": {"snapshot.json": "hand"}} for s in snaps],
                 "snapshot_lrs": [float(x) for x in lrs], "excluded_indices": [int(i) for i in excluded]}
     store = GradientDatastore.create(path, manifest, snaps, dims, n, dtype="float32")
     rows = np.arange(n)
@@ -92,9 +95,9 @@ def build_world(root: Path) -> dict:
     targets = write_records(root / "targets.jsonl", records(3, "t", subtasks=["a", "a", "b"], words=["gato", "sol", "luna"]))
     other = write_records(root / "other_targets.jsonl", records(3, "o", subtasks=["a", "b", "b"], words=["pan", "flor", "mesa"]))
     pool_store = gradient_store(root / "pool_store", "adam", [rng.standard_normal((12, 8)) for _ in range(2)], [2.0, 1.0],
-                                extra_dims=[4])
+                                extra_dims=[4], files=pool)
     target_store = gradient_store(root / "target_store", "sgd", [rng.standard_normal((3, 8)) for _ in range(2)], [2.0, 1.0],
-                                  extra_dims=[4])
+                                  extra_dims=[4], files=[targets])
     trajectories = trajectory_store(root / "trajectories", rng.standard_normal((12, 3)), pool)
     request = {"pool_store": pool_store, "target_store": target_store, "trajectories": trajectories,
                "model": "builtin:tiny-llama", "max_length": 64, "n_clusters": 3}

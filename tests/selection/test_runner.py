@@ -24,7 +24,7 @@ def _rebuild_pool_store(world, tmp_path):
     shutil.rmtree(world["pool_store"])
     rng = np.random.default_rng(7)
     gradient_store(type(tmp_path)(world["pool_store"]), "adam", [rng.standard_normal((12, 8)) for _ in range(2)], [2.0, 1.0],
-                   extra_dims=[4])
+                   extra_dims=[4], files=world["pool"])
     return world["pool_store"]
 
 
@@ -36,7 +36,6 @@ def _rewrite_trajectories(world, tmp_path):
 
 # (method, changed option, how to get the new value, what the refusal says)
 CHANGES = [
-    ("less", "targets", lambda w, t: w["other_targets"], "other target files"),
     ("less", "pool_store", lambda w, t: _copy(w, "pool_store", t), "its pool_store is .*pool_store, not .*pool_store_copy"),
     ("less", "target_store", lambda w, t: _copy(w, "target_store", t), "its target_store is"),
     ("less", "pool_store", _rebuild_pool_store, "its pool_store .*pool_store was rebuilt since"),

@@ -2,7 +2,10 @@
 
 Step 3 of LESS (docs/algorithms.md): per-subtask mean over the target examples, then
 the max over subtasks (or the mean, or round-robin), top-k. The pool and target
-features come from two gradient datastores made with the same snapshots and projector.
+features come from two gradient datastores, checked before anything is scored
+(:func:`check_stores`): the same projector and dims, byte-identical snapshots, the same
+base model and tokenization, and each store computed on the data it is used with (the
+``--pool`` / ``--targets`` files, or any data given to :func:`select_from_stores`).
 Target examples that had no response token left after truncation have no features
 (the target store's ``excluded_indices``) and are left out; pool examples without
 features are refused, since they could be neither scored nor silently dropped.
@@ -10,6 +13,7 @@ features are refused, since they could be neither scored nor silently dropped.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,6 +24,7 @@ from lightning_less.selection.registry import Inputs, SelectionMethod, register
 from lightning_less.selection.result import SelectionResult, from_influence
 from lightning_less.selection.scoring import influence_scores
 from lightning_less.stores.datastore import GradientDatastore
+from lightning_less.stores.provenance import check_data, check_files, check_same_snapshots, check_same_tokenization
 
 
 def select_less(
@@ -53,6 +58,104 @@ def open_store(path: str, flag: str) -> GradientDatastore:
     return store
 
 
+def check_stores(pool_store: GradientDatastore, target_store: GradientDatastore, pool_label: str, target_label: str) -> None:
+    """Refuse a pool store and a target store that cannot be scored together, naming both and what differs.
+
+    Same projector, dims and snapshot names; an ``adam`` pool and an ``sgd`` target store;
+    byte-identical snapshots and the same base model; the same tokenization.
+    """
+    try:
+        pool_store.check_compatible(target_store)
+    except ValueError as err:
+        raise IncompatibleError(f"{pool_label} and {target_label}: {err}") from None
+    kinds = (pool_store.manifest.get("feature_kind"), target_store.manifest.get("feature_kind"))
+    if kinds != ("adam", "sgd"):
+        raise InputError(f"expected an adam pool store and an sgd target store, got {kinds[0]} ({pool_label}) and "
+                         f"{kinds[1]} ({target_label})")
+    check_same_snapshots(pool_store.manifest, target_store.manifest, pool_label, target_label)
+    check_same_tokenization(pool_store.manifest, target_store.manifest, pool_label, target_label)
+
+
+def _check_data(store: GradientDatastore, data: Any, label: str, data_label: str) -> None:
+    """``data``: jsonl files (checked by sha256) or any data source a pass takes (checked by its fingerprint)."""
+    if isinstance(data, (str, os.PathLike)) or (isinstance(data, (list, tuple)) and data
+                                                 and all(isinstance(f, (str, os.PathLike)) for f in data)):
+        check_files(store.manifest, [data] if isinstance(data, (str, os.PathLike)) else list(data), label, data_label)
+    else:
+        check_data(store.manifest, data, label, data_label)
+
+
+def _usable_rows(pool_store: GradientDatastore, target_store: GradientDatastore, pool_label: str,
+                 target_label: str) -> np.ndarray:
+    """The target rows with features; refuses pool rows without (they could be neither scored nor dropped)."""
+    excluded = pool_store.manifest.get("excluded_indices", [])
+    if excluded:
+        raise InputError(f"{len(excluded)} pool examples of {pool_label} have no response token after truncation "
+                         f"(e.g. indices {excluded[:5]}); raise max_length or remove them from the pool")
+    keep = np.setdiff1d(np.arange(target_store.n_examples), target_store.manifest.get("excluded_indices", []))
+    if keep.size == 0:
+        raise InputError(f"no target example of {target_label} has a response token left after truncation: raise max_length")
+    return keep
+
+
+def _dim_of(pool_store: GradientDatastore, dim: int | None) -> int:
+    dim = dim or pool_store.dims[0]
+    if dim not in pool_store.dims:
+        raise InputError(f"--dim {dim} is not in the stores' dims {pool_store.dims}")
+    return int(dim)
+
+
+def _scored(pool_store: GradientDatastore, target_store: GradientDatastore, dim: int, keep: np.ndarray,
+            subtasks: Sequence[str], k: int, aggregation: str) -> SelectionResult:
+    return select_less([pool_store.features(s, dim) for s in pool_store.snapshots],
+                       [np.asarray(target_store.features(s, dim))[keep] for s in target_store.snapshots],
+                       pool_store.manifest["snapshot_lrs"], [subtasks[i] for i in keep], k, aggregation=aggregation)
+
+
+def select_from_stores(
+    pool_store: str | os.PathLike | GradientDatastore,
+    target_store: str | os.PathLike | GradientDatastore,
+    k: int,
+    target_subtasks: Sequence[str],
+    *,
+    pool_data: Any,
+    target_data: Any,
+    dim: int | None = None,
+    aggregation: str = "max_subtask_mean",
+) -> SelectionResult:
+    """LESS on two finished gradient stores, each checked against the data it is used with (no selection directory).
+
+    For data of your own project (any ``DataLoader`` or ``LightningDataModule`` the gradient
+    pass ran over), where ``run_selection`` needs jsonl files.
+
+    Args:
+        pool_store: the pool's ``adam`` store.
+        target_store: the targets' ``sgd`` store.
+        k: how many pool examples to select.
+        target_subtasks: one subtask label per target row (rows of excluded targets included).
+        pool_data: the pool: its jsonl files, or the ``DataLoader`` / ``LightningDataModule`` /
+            dataset the pool store was computed on (identified again and compared).
+        target_data: the targets, as ``pool_data``.
+        dim: which projected dim to use (default: the stores' first).
+        aggregation: ``max_subtask_mean``, ``mean`` or ``round_robin``.
+
+    Returns:
+        The :class:`~lightning_less.selection.result.SelectionResult`: ``selected`` are pool rows in rank order.
+
+    Raises:
+        IncompatibleError: stores that cannot be scored together, or computed on other data.
+    """
+    stores = [s if isinstance(s, GradientDatastore) else open_store(os.fspath(s), flag)
+              for s, flag in ((pool_store, "pool_store"), (target_store, "target_store"))]
+    (pool, targets), labels = stores, [f"the pool store {stores[0].path}", f"the target store {stores[1].path}"]
+    check_stores(pool, targets, *labels)
+    _check_data(pool, pool_data, labels[0], "the pool data given")
+    _check_data(targets, target_data, labels[1], "the target data given")
+    if len(target_subtasks) != targets.n_examples:
+        raise InputError(f"{len(target_subtasks)} target subtasks for the {targets.n_examples} rows of {labels[1]}")
+    return _scored(pool, targets, _dim_of(pool, dim), _usable_rows(pool, targets, *labels), target_subtasks, k, aggregation)
+
+
 @register
 class Less(SelectionMethod):
     """Gradient influence on the targets, from two gradient datastores (pool: adam, targets: sgd)."""
@@ -66,42 +169,21 @@ class Less(SelectionMethod):
     def load(self, inputs: Inputs) -> dict[str, Any]:
         request = inputs.request
         pool_store, target_store = open_store(request.pool_store, "pool_store"), open_store(request.target_store, "target_store")
-        try:
-            pool_store.check_compatible(target_store)
-        except ValueError as err:
-            raise IncompatibleError(f"--pool_store and --target_store: {err}") from None
-        kinds = (pool_store.manifest.get("feature_kind"), target_store.manifest.get("feature_kind"))
-        if kinds != ("adam", "sgd"):
-            raise InputError(f"expected an adam pool store and an sgd target store, got {kinds[0]} (--pool_store "
-                             f"{pool_store.path}) and {kinds[1]} (--target_store {target_store.path})")
-        for store, flag, records, what in ((pool_store, "pool_store", inputs.pool, "--pool"),
-                                           (target_store, "target_store", inputs.targets, "--targets")):
+        labels = (f"--pool_store {pool_store.path}", f"--target_store {target_store.path}")
+        check_stores(pool_store, target_store, *labels)
+        for store, label, records, what, files in ((pool_store, labels[0], inputs.pool, "--pool", request.pool),
+                                                   (target_store, labels[1], inputs.targets, "--targets", request.targets)):
             if store.n_examples != len(records):
-                raise IncompatibleError(f"--{flag} {store.path} has {store.n_examples} rows but {what} holds "
+                raise IncompatibleError(f"{label} has {store.n_examples} rows but {what} holds "
                                         f"{len(records)} records: it was computed on other data")
-        dim = request.dim or pool_store.dims[0]
-        if dim not in pool_store.dims:
-            raise InputError(f"--dim {dim} is not in the stores' dims {pool_store.dims}")
-        excluded = pool_store.manifest.get("excluded_indices", [])
-        if excluded:
-            raise InputError(f"{len(excluded)} pool examples of --pool_store {pool_store.path} have no response token "
-                             f"after truncation (e.g. indices {excluded[:5]}); raise max_length or remove them from the pool")
-        keep = np.setdiff1d(np.arange(len(inputs.targets)), target_store.manifest.get("excluded_indices", []))
-        if keep.size == 0:
-            raise InputError(f"no target example of --target_store {target_store.path} has a response token left "
-                             "after truncation: raise max_length")
-        return {"stores": (pool_store, target_store), "dim": int(dim), "kept_targets": keep}
+            check_files(store.manifest, files, label, what)
+        dim = _dim_of(pool_store, request.dim)
+        return {"stores": (pool_store, target_store), "dim": dim, "kept_targets": _usable_rows(pool_store, target_store, *labels)}
 
     def select(self, inputs: Inputs) -> SelectionResult:
         pool_store, target_store = inputs.loaded["stores"]
-        dim, keep = inputs.loaded["dim"], inputs.loaded["kept_targets"]
-        subtasks = inputs.target_subtasks
-        return select_less(
-            [pool_store.features(s, dim) for s in pool_store.snapshots],
-            [np.asarray(target_store.features(s, dim))[keep] for s in target_store.snapshots],
-            pool_store.manifest["snapshot_lrs"], [subtasks[i] for i in keep], inputs.k,
-            aggregation=inputs.request.aggregation,
-        )
+        return _scored(pool_store, target_store, inputs.loaded["dim"], inputs.loaded["kept_targets"],
+                       inputs.target_subtasks, inputs.k, inputs.request.aggregation)
 
     def recorded_inputs(self, inputs: Inputs) -> dict[str, Any]:
         return {"pool_store": inputs.request.pool_store, "target_store": inputs.request.target_store,

@@ -15,7 +15,8 @@ from lightning_less.errors import IncompatibleError, InputError, MissingInputErr
 from lightning_less.selection.registry import Inputs, SelectionMethod, register
 from lightning_less.selection.result import SelectionResult
 from lightning_less.selection.s2l import s2l_select
-from lightning_less.stores.trajectory import TrajectoryStore, check_trajectory_data
+from lightning_less.stores.provenance import check_files
+from lightning_less.stores.trajectory import TrajectoryStore
 
 
 def select_s2l(
@@ -57,10 +58,10 @@ class S2L(SelectionMethod):
             raise MissingInputError(f"--trajectories: {err}") from None
         except (ValueError, RuntimeError) as err:
             raise InputError(f"--trajectories: {err}") from None
-        try:
-            check_trajectory_data(manifest, inputs.request.pool, len(inputs.pool))
-        except ValueError as err:
-            raise IncompatibleError(f"--trajectories {path}: {err}") from None
+        check_files(manifest, inputs.request.pool, f"--trajectories {path}", "--pool")
+        if manifest.get("n_examples") != len(inputs.pool):
+            raise IncompatibleError(f"--trajectories {path} has {manifest.get('n_examples')} rows but --pool holds "
+                                    f"{len(inputs.pool)} records: it was recorded on other data")
         defined = int(np.isfinite(losses).all(axis=1).sum())
         if inputs.k > defined:
             raise InputError(f"the budget ({inputs.k}) exceeds the {defined} pool examples with a defined loss in "

@@ -49,8 +49,8 @@ def test_excluded_target_rows_are_left_out(tmp_path):
     subtasks = ["a", "a", "b", "b", "c"]
     pool = write_records(tmp_path / "pool.jsonl", records(9, "p"))
     targets = write_records(tmp_path / "targets.jsonl", records(5, "t", subtasks=subtasks))
-    pool_store = gradient_store(tmp_path / "ps", "adam", pool_feats, [3.0, 1.0])
-    target_store = gradient_store(tmp_path / "ts", "sgd", target_feats, [3.0, 1.0], excluded=[1, 4])
+    pool_store = gradient_store(tmp_path / "ps", "adam", pool_feats, [3.0, 1.0], files=[pool])
+    target_store = gradient_store(tmp_path / "ts", "sgd", target_feats, [3.0, 1.0], excluded=[1, 4], files=[targets])
 
     out = run_selection("less", [pool], [targets], tmp_path / "sel", count=4, pool_store=pool_store, target_store=target_store)
 
@@ -68,8 +68,8 @@ def test_round_robin_takes_turns_between_subtasks(tmp_path):
     target_feats = [np.array([[1.0, 0.0], [0.0, 1.0]])]
     pool = write_records(tmp_path / "pool.jsonl", records(5, "p"))
     targets = write_records(tmp_path / "targets.jsonl", records(2, "t", subtasks=["a", "b"]))
-    stores = {"pool_store": gradient_store(tmp_path / "ps", "adam", pool_feats, [1.0]),
-              "target_store": gradient_store(tmp_path / "ts", "sgd", target_feats, [1.0])}
+    stores = {"pool_store": gradient_store(tmp_path / "ps", "adam", pool_feats, [1.0], files=[pool]),
+              "target_store": gradient_store(tmp_path / "ts", "sgd", target_feats, [1.0], files=[targets])}
     # cos to a: 1, .990, .980, .498, .6; cos to b: 0, .140, .200, .867, .8.
     # Turns: a takes 0, b takes 3, a takes 1, b takes 4 (a alone would take 0, 1, 2, 4).
     rr = run_selection("less", [pool], [targets], tmp_path / "rr", count=4, aggregation="round_robin", **stores)

@@ -1,0 +1,1 @@
+"""Examples of using lightning-less from your own code (importable from the repository root)."""

@@ -1,0 +1,1 @@
+"""LESS in an ordinary Lightning project: own LightningModule, own datamodule of token ids (see README.md here)."""
