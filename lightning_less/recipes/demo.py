@@ -64,7 +64,8 @@ def build_base_model(output: Path, pretrain_file: str, seed: int, epochs: int = 
 
 
 def run_demo(output: str = "demo_output", seed: int = 0, methods: Sequence[str] = DEMO_METHODS,
-             pool_size: int = 2400, fraction: float = 0.05, target_task: str = "last_letter") -> dict:
+             pool_size: int = 2400, fraction: float = 0.05, target_task: str = "last_letter",
+             scenario: str = "in_form") -> dict:
     """Run the demo and return ``{method: {"target_share", "target_loss", "target_exact_match"}}``."""
     from lightning_less.data.demo import generate_demo_data, generate_pretraining_data
 
@@ -80,7 +81,7 @@ def run_demo(output: str = "demo_output", seed: int = 0, methods: Sequence[str] 
         since[0] = now
 
     out = Path(output)
-    data = generate_demo_data(out / "data", seed=seed, pool_size=pool_size, target_task=target_task)
+    data = generate_demo_data(out / "data", seed=seed, pool_size=pool_size, target_task=target_task, scenario=scenario)
     pretrain = generate_pretraining_data(out / "data" / "pretrain.jsonl", seed=seed, n=2000, exclude_task=target_task)
     lap("data")
     base = build_base_model(out / "base", pretrain, seed)
