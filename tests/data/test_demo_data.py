@@ -51,9 +51,9 @@ def test_scenarios_place_the_target_task_in_the_right_forms(tmp_path, scenario, 
     pool = read_records(generate_demo_data(tmp_path, seed=0, scenario=scenario)["pool"])
     sources = Counter(r.source for r in pool)
     assert (sources["last_letter_es"], sources["last_letter_en"]) == (n_es, n_en)
-    # Everything else as in the default: the other tasks in both forms, half each.
+    # Everything else as in the default: the other 7 tasks cycled, in blocks of 7 alternating en / es.
     others = [r for r in pool if not r.source.startswith("last_letter_")]
-    assert len(others) == 2280 and sum(r.source.endswith("_es") for r in others) == 1140
+    assert len(others) == 2280 and sum(r.source.endswith("_es") for r in others) == sum((i // 7) % 2 for i in range(2280))
 
 
 def test_unknown_scenario_is_refused(tmp_path):
