@@ -7,7 +7,10 @@ prompt and response) and pools the last hidden layer over each example's real to
 * ``pooling="last"`` (RDS): the hidden state at the last real token;
 * ``pooling="weighted_mean"`` (RDS+, Ivison et al. 2025): the mean over the real tokens
   with weights proportional to their position ``1, 2, ..., T`` (normalised to sum 1), so
-  later tokens, which have seen more of the example, weigh more.
+  later tokens, which have seen more of the example, weigh more;
+* ``pooling="response_mean"`` (``rds_response``): the plain mean over the response tokens
+  (those with a label, the tokens LESS's loss is taken on), so the instruction's wording
+  (its surface form) enters only through what the response tokens attend to.
 
 Pooling looks only at the attention mask, so left and right padding give the same
 features. The rows go into a :class:`~lightning_less.stores.datastore.GradientDatastore`
@@ -29,21 +32,31 @@ import torch
 from typing_extensions import override
 
 from lightning_less.callbacks.store_writer import ShardedStoreWriter
+from lightning_less.data.datamodule import IGNORE_INDEX
 from lightning_less.data.records import file_sha256
 from lightning_less.stores.datastore import GradientDatastore
 from lightning_less.stores.trajectory import _excluded, data_manifest
 
-POOLINGS = ("last", "weighted_mean")
+POOLINGS = ("last", "weighted_mean", "response_mean")
 FEATURE_KIND = "hidden"
 ARRAY_NAME = "final_layer"
 NO_PROJECTOR = {"kind": "none"}
 
 
-def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pool ``hidden`` [b, t, h] over the real tokens of ``attention_mask`` [b, t] (any padding side) to [b, h]."""
+def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
+                       labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Pool ``hidden`` [b, t, h] over the real tokens of ``attention_mask`` [b, t] (any padding side) to [b, h].
+
+    ``response_mean`` needs ``labels`` [b, t] (``-100`` off the response).
+    """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     mask = attention_mask.to(hidden.dtype)
+    if pooling == "response_mean":
+        if labels is None:
+            raise ValueError("pooling='response_mean' needs the labels (the response tokens)")
+        response = (labels != IGNORE_INDEX).to(hidden.dtype) * mask
+        return torch.einsum("bt,bth->bh", response / response.sum(dim=1, keepdim=True), hidden)
     if pooling == "last":
         # The last real token is the one with the largest position among the real ones.
         positions = torch.arange(mask.size(1), device=mask.device).expand_as(mask)
@@ -124,7 +137,7 @@ class HiddenStateModule(pl.LightningModule):
         with torch.no_grad():
             hidden = self.model(input_ids=batch["input_ids"][keep], attention_mask=mask,
                                 output_hidden_states=True).hidden_states[-1]
-            pooled = pool_hidden_states(hidden.float(), mask, self.pooling)
+            pooled = pool_hidden_states(hidden.float(), mask, self.pooling, batch["labels"][keep])
         return {"rows": [(ARRAY_NAME, pooled.size(1), index[todo], pooled.cpu().numpy())]}
 
 

@@ -33,7 +33,7 @@ from lightning_less.recipes.pipeline import (
     train_and_evaluate,
 )
 
-DEMO_METHODS = ("less", "random", "bm25", "dsir", "rds", "rds_plus", "s2l", "full")
+DEMO_METHODS = ("less", "random", "bm25", "dsir", "rds", "rds_plus", "rds_response", "s2l", "full")
 TRAINER = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": True}
 
 

@@ -46,6 +46,9 @@ def _by_hand(model_path, pool, pooling):
             hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].double()
         if pooling == "last":
             rows.append(hidden[-1].numpy())
+        elif pooling == "response_mean":
+            response = [pos for pos, label in enumerate(ds[i]["labels"]) if label != -100]
+            rows.append(np.mean([hidden[pos].numpy() for pos in response], axis=0))
         else:
             t = hidden.size(0)
             acc = np.zeros(hidden.size(1))
@@ -55,7 +58,7 @@ def _by_hand(model_path, pool, pooling):
     return np.stack(rows)
 
 
-@pytest.mark.parametrize("pooling", ["last", "weighted_mean"])
+@pytest.mark.parametrize("pooling", ["last", "weighted_mean", "response_mean"])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_batched_features_equal_one_example_at_a_time(setup, tmp_path, pooling, padding_side):
     feats = compute_hidden_states(setup["model"], [setup["pool"]], tmp_path / "store", pooling=pooling,

@@ -30,7 +30,7 @@ def test_rds_plus_round_robin_alternates_subtasks_by_hand():
     assert list(result.selected) == [0, 1, 4, 3]
 
 
-@pytest.mark.parametrize("method,pooling", [("rds", "last"), ("rds_plus", "weighted_mean")])
+@pytest.mark.parametrize("method,pooling", [("rds", "last"), ("rds_plus", "weighted_mean"), ("rds_response", "response_mean")])
 def test_methods_select_by_their_pooling(tmp_path, method, pooling):
     pool = write_jsonl(tmp_path / "pool.jsonl", qa_records(12, prefix="p"))
     targets = write_jsonl(tmp_path / "targets.jsonl", [{**r, "subtask": "s"} for r in qa_records(3, prefix="t")])
