@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 COLUMNS = ("target_share", "surface_share", "target_loss", "target_exact_match")
-RUN = "from lightning_less.recipes.demo import run_demo; import sys; run_demo(sys.argv[1], seed=int(sys.argv[2]), scenario=sys.argv[3])"
 
 
 def table(scenario: str, seeds: list[int], output: Path) -> None:
@@ -25,7 +24,8 @@ def table(scenario: str, seeds: list[int], output: Path) -> None:
     for seed in seeds:
         out = output / scenario / f"seed_{seed}"
         if not (out / "results.json").exists():
-            subprocess.run([sys.executable, "-c", RUN, str(out), str(seed), scenario], check=True)
+            subprocess.run([sys.executable, "-m", "lightning_less.cli", "demo", "--output", str(out), "--seed", str(seed),
+                            "--scenario", scenario], check=True)
         seconds[seed] = json.loads((out / "timings.json").read_text())["total"]
         results[seed] = json.loads((out / "results.json").read_text())
     methods = list(results[seeds[0]])

@@ -1,3 +1,3 @@
 """The library version (one place; the package, manifests and --version read it)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

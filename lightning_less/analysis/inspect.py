@@ -191,19 +191,3 @@ def inspect(
         ))
     return InspectView(sel.path, method, subtask, column, int(np.isfinite(table[column]).sum()), rows, target, notes,
                        warnings)
-
-
-def inspect_selection(*args: Any, **kwargs: Any) -> list[InspectRow]:
-    """Deprecated: the positional entry point ``lightning_less.commands.inspect_selection`` still calls.
-
-    Takes :func:`inspect`'s arguments in its order. The command line of ``commands.py``
-    prints only dict results, so this prints the view once and returns its rows; a
-    command line that prints ``__rich__`` results calls :func:`inspect` instead, and this
-    goes away with ``commands.py``.
-    """
-    from rich.console import Console
-
-    names = ("selection", "target_index", "subtask", "top_k", "targets", "pool")
-    view = inspect(**dict(zip(names, args)), **kwargs)
-    Console().print(view)
-    return view.rows

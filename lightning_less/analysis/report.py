@@ -154,15 +154,3 @@ def report(
         "plots": {name: str(path) for name, path in paths.items()},
         "warnings": list(inputs.warnings),
     }
-
-
-def report_command(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Deprecated: the positional entry point ``lightning_less.commands.report`` still calls; use :func:`report`.
-
-    Takes :func:`report`'s arguments in its order, sets up logging (which the command
-    line will do itself) and returns :func:`report`'s dict.
-    """
-    from lightning_less.console import setup_logging
-
-    setup_logging()
-    return report(**dict(zip(("selection", "output", "pool", "targets", "top_n"), args)), **kwargs)

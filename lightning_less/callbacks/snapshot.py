@@ -6,16 +6,22 @@ learning rate over the epoch's optimizer steps. This callback writes exactly tha
 any Lightning training whose LightningModule holds a PEFT model and whose optimizer is
 Adam-family, in the layout of docs/architecture.md:
 
-``<dirpath>/epoch_000/`` = PEFT adapter + ``optimizer_moments.safetensors`` + ``snapshot.json``.
+``<dirpath>/epoch_000/`` = PEFT adapter + ``optimizer_moments.safetensors`` + ``snapshot.json``,
+and ``<dirpath>/snapshots.json``, the plan of the run (which snapshots it will write,
+which it wrote, whether the fit finished), so that the gradient pass refuses the set of a
+fit killed before its last epoch (:func:`~lightning_less.stores.snapshots.list_snapshots`).
+
+Everything that would make the snapshots unusable is checked when the fit starts, before
+the first epoch: an optimizer without Adam moments, LoRA parameters split over param groups
+with different lr / betas / eps (LESS weights each checkpoint by one lr), a ``dirpath``
+that cannot be written, or another run writing the same ``dirpath`` (an exclusive lock).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
-from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +32,18 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-SNAPSHOT_FORMAT_VERSION = 1
-MOMENTS_FILE = "optimizer_moments.safetensors"
-SNAPSHOT_FILE = "snapshot.json"
+from lightning_less.errors import InputError, LessError
+from lightning_less.stores.files import apply_umask, make_temp_dir, remove_temps, write_json_atomic
+from lightning_less.stores.lock import DirectoryLock
+from lightning_less.stores.snapshots import (MOMENTS_FILE, PLAN_FILE, SNAPSHOT_FILE, SNAPSHOT_FORMAT_VERSION, Snapshot,
+                                             epoch_of, list_snapshots, load_snapshot, planned_snapshots,
+                                             snapshot_dirname)
+
+__all__ = ["GradientFeatureCallback", "find_peft_model", "snapshot_dirname", "Snapshot", "load_snapshot",
+           "list_snapshots", "SNAPSHOT_FORMAT_VERSION", "MOMENTS_FILE", "SNAPSHOT_FILE"]
+
+#: torch optimizers whose state holds ``exp_avg`` and ``exp_avg_sq`` (others, e.g. Adamax, do not).
+_ADAM_FAMILY = ("Adam", "AdamW", "NAdam", "RAdam", "SparseAdam")
 
 
 def find_peft_model(pl_module: torch.nn.Module):
@@ -44,8 +59,8 @@ def find_peft_model(pl_module: torch.nn.Module):
     )
 
 
-def snapshot_dirname(epoch: int) -> str:
-    return f"epoch_{epoch:03d}"
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class GradientFeatureCallback(Callback):
@@ -74,6 +89,10 @@ class GradientFeatureCallback(Callback):
         self._lr_sum = 0.0
         self._lr_steps = 0
         self.written: list[str] = []
+        self._groups: list[int] = []  # the optimizer param groups holding the LoRA parameters
+        self._state_checked = False
+        self._lock: DirectoryLock | None = None
+        self._plan: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- checks
     @override
@@ -90,24 +109,81 @@ class GradientFeatureCallback(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        start = trainer.current_epoch
-        stale = sorted(p for p in self.dirpath.glob("epoch_*") if p.is_dir() and _epoch_of(p) is not None and _epoch_of(p) >= start)
-        if stale and trainer.is_global_zero:
+        self._groups = _lora_groups(_adam_optimizer(trainer), find_peft_model(pl_module))
+        self._state_checked = False
+        error: BaseException | None = None
+        if trainer.is_global_zero:
+            try:
+                self._prepare_dirpath(trainer.current_epoch, trainer.max_epochs)
+            except (LessError, OSError) as err:
+                self._release()
+                error = err
+        # Rank 0's verdict on every rank, so that a refusal stops all of them instead of leaving some waiting.
+        message = trainer.strategy.broadcast(None if error is None else str(error), src=0)
+        if error is not None:
+            raise error
+        if message is not None:
+            raise InputError(message)
+        trainer.strategy.barrier()
+
+    def _prepare_dirpath(self, start: int, max_epochs: int | None) -> None:
+        """Lock ``dirpath``, clear what an interrupted run left, and write the plan (rank 0)."""
+        try:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            self._lock = DirectoryLock(self.dirpath, "warmup snapshot").acquire()
+            make_temp_dir(self.dirpath, ".epoch_probe-").rmdir()  # writable now, not at the end of epoch 0
+        except OSError as err:
+            raise InputError(f"GradientFeatureCallback cannot write to {self.dirpath} ({err.strerror}: "
+                             f"{err.filename}); choose a writable dirpath") from None
+        stale = sorted(p for p in self.dirpath.glob("epoch_*") if epoch_of(p) is not None and epoch_of(p) >= start)
+        if stale:
             if not self.overwrite:
                 raise FileExistsError(
                     f"{self.dirpath} already holds snapshots this run would write again ({', '.join(p.name for p in stale)}); "
                     "remove them, choose another dirpath, or pass overwrite=True"
                 )
             for p in stale:
-                shutil.rmtree(p)
-        trainer.strategy.barrier()
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        # Half-written snapshots and plans of a killed run: only this writer can be making them now.
+        remove_temps(self.dirpath, ".epoch_")
+        remove_temps(self.dirpath, f".{PLAN_FILE}.", ".tmp")
+        kept = [p.name for p in sorted(self.dirpath.glob("epoch_*"), key=lambda p: epoch_of(p) or 0)
+                if (p / SNAPSHOT_FILE).is_file()]
+        self._plan = {"format_version": SNAPSHOT_FORMAT_VERSION, "planned": planned_snapshots(max_epochs, self.every_n_epochs),
+                      "written": kept, "complete": False, "max_epochs": max_epochs,
+                      "every_n_epochs": self.every_n_epochs, "started": _now(), "finished": None}
+        write_json_atomic(self.dirpath / PLAN_FILE, self._plan, sort_keys=False)
+
+    def _update_plan(self, **changes: Any) -> None:
+        if self._plan:
+            self._plan.update(changes)
+            write_json_atomic(self.dirpath / PLAN_FILE, self._plan, sort_keys=False)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ------------------------------------------------------------- lr tracking
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
-        # The LR used by this optimizer step (schedulers step after it).
-        self._lr_sum += float(optimizer.param_groups[0]["lr"])
+        # The LR used by this optimizer step (schedulers step after it), from the LoRA parameters' own group.
+        groups = self._groups or [0]
+        lrs = [float(optimizer.param_groups[g]["lr"]) for g in groups]
+        if len(set(lrs)) > 1:
+            raise InputError(f"the LoRA parameters' optimizer param groups {groups} have different learning rates "
+                             f"{lrs} at step {trainer.global_step} (a per-group schedule?): LESS weights each "
+                             "checkpoint by one learning rate; give them one schedule")
+        self._lr_sum += lrs[0]
         self._lr_steps += 1
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # Once, after the first optimizer step: the optimizer really keeps Adam moments (before any epoch ends).
+        if not self._state_checked and self._lr_steps:
+            _moments(_adam_optimizer(trainer), find_peft_model(pl_module), copy=False)
+            self._state_checked = True
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -126,6 +202,19 @@ class GradientFeatureCallback(Callback):
             self.written.append(str(path))
         self._lr_sum, self._lr_steps = 0.0, 0
 
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:  # the fit ended by itself: the snapshots written are the whole set
+            self._update_plan(complete=True, finished=_now())
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._release()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._release()
+
     # ----------------------------------------------------------------- write
     def write_snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path) -> None:
         from safetensors.torch import save_file
@@ -135,18 +224,10 @@ class GradientFeatureCallback(Callback):
         peft_model = find_peft_model(pl_module)
         named = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
         optimizer = _adam_optimizer(trainer)
-        group = optimizer.param_groups[0]
-        moments: dict[str, torch.Tensor] = {}
-        steps = set()
-        for name, p in named:
-            state = optimizer.state.get(p)
-            if not state or "exp_avg" not in state or "exp_avg_sq" not in state:
-                raise RuntimeError(f"the optimizer holds no Adam moments for trainable parameter {name!r}")
-            moments[f"{name}.exp_avg"] = state["exp_avg"].detach().cpu().contiguous()
-            moments[f"{name}.exp_avg_sq"] = state["exp_avg_sq"].detach().cpu().contiguous()
-            steps.add(int(state["step"]) if "step" in state else -1)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+        group = optimizer.param_groups[(self._groups or _lora_groups(optimizer, peft_model))[0]]
+        moments = _moments(optimizer, peft_model)
+        steps = {int(optimizer.state[p]["step"]) if "step" in optimizer.state[p] else -1 for _, p in named}
+        tmp = make_temp_dir(path.parent, f".{path.name}-")
         try:
             peft_model.save_pretrained(str(tmp))
             save_file(moments, str(tmp / MOMENTS_FILE))
@@ -158,20 +239,22 @@ class GradientFeatureCallback(Callback):
                 "global_step": trainer.global_step,
                 "lr": self._lr_sum / self._lr_steps,
                 "lr_steps": self._lr_steps,
-                "betas": list(group.get("betas", (0.9, 0.999))),
-                "eps": float(group.get("eps", 1e-8)),
+                "betas": [float(b) for b in group["betas"]],
+                "eps": float(group["eps"]),
                 "weight_decay": float(group.get("weight_decay", 0.0)),
                 "optimizer": type(optimizer).__name__,
                 "step": max(steps),
                 "base_model": config.base_model_name_or_path,
                 "param_names": [n for n, _ in named],
             }
-            (tmp / SNAPSHOT_FILE).write_text(json.dumps(meta, indent=2))
+            write_json_atomic(tmp / SNAPSHOT_FILE, meta, sort_keys=False)
+            apply_umask(tmp)  # safetensors writes 0600 files; a snapshot is as readable as the user's umask says
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        self._update_plan(written=sorted({*self._plan.get("written", []), path.name}))
         rank_zero_info(f"snapshot of epoch {trainer.current_epoch} (mean lr {meta['lr']:.3g}) written to {path}")
 
     # ------------------------------------------------------------------ state
@@ -186,89 +269,58 @@ class GradientFeatureCallback(Callback):
         self.written = list(state_dict["written"])
 
 
-def _epoch_of(path: Path) -> int | None:
-    try:
-        return int(path.name.split("_", 1)[1])
-    except (IndexError, ValueError):
-        return None
-
-
-def _adam_optimizer(trainer: pl.Trainer):
+def _adam_optimizer(trainer: pl.Trainer) -> torch.optim.Optimizer:
+    """The one optimizer of the fit, refused unless Adam-family (betas, eps; exp_avg / exp_avg_sq state)."""
     if len(trainer.optimizers) != 1:
         raise MisconfigurationException(f"GradientFeatureCallback supports one optimizer, found {len(trainer.optimizers)}")
     optimizer = trainer.optimizers[0]
-    group = optimizer.param_groups[0]
-    if "betas" not in group or "eps" not in group:
-        raise MisconfigurationException(
-            f"GradientFeatureCallback needs an Adam-family optimizer (betas, eps, exp_avg, exp_avg_sq); got {type(optimizer).__name__}"
+    cls = type(optimizer)
+    torch_other = cls.__module__.startswith("torch.optim") and cls.__name__ not in _ADAM_FAMILY
+    shaped = all(len(tuple(g.get("betas", ()))) == 2 and "eps" in g for g in optimizer.param_groups)
+    if torch_other or not shaped:
+        raise InputError(
+            f"GradientFeatureCallback needs an Adam-family optimizer (Adam, AdamW...: betas, eps, and exp_avg / "
+            f"exp_avg_sq state), got {cls.__module__}.{cls.__name__}; LESS's Adam transform cannot be computed from it"
         )
     return optimizer
 
 
-@dataclass
-class Snapshot:
-    """A loaded snapshot: metadata, adapter weights and Adam moments by parameter name."""
-
-    path: Path
-    epoch: int
-    global_step: int
-    lr: float
-    betas: tuple[float, float]
-    eps: float
-    step: int
-    base_model: str
-    param_names: list[str]
-    exp_avg: dict[str, torch.Tensor] = field(repr=False)
-    exp_avg_sq: dict[str, torch.Tensor] = field(repr=False)
-    meta: dict = field(repr=False, default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-
-def load_snapshot(path: str | os.PathLike) -> Snapshot:
-    """Read a snapshot directory written by :class:`GradientFeatureCallback`; errors name the missing piece."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    meta_path = path / SNAPSHOT_FILE
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{path} is not a snapshot directory: {SNAPSHOT_FILE} is missing")
-    meta = json.loads(meta_path.read_text())
-    for key in ("epoch", "global_step", "lr", "betas", "eps", "step", "base_model", "param_names"):
-        if key not in meta:
-            raise ValueError(f"{meta_path}: field {key!r} is missing")
-    moments_path = path / MOMENTS_FILE
-    if not moments_path.exists():
-        raise FileNotFoundError(f"{moments_path} is missing")
-    tensors = load_file(str(moments_path))
-    exp_avg, exp_avg_sq = {}, {}
-    for name in meta["param_names"]:
-        for key, target in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
-            full = f"{name}.{key}"
-            if full not in tensors:
-                raise KeyError(f"{moments_path}: no tensor {full!r} for parameter {name!r}")
-            target[name] = tensors[full].float()
-    return Snapshot(
-        path=path,
-        epoch=int(meta["epoch"]),
-        global_step=int(meta["global_step"]),
-        lr=float(meta["lr"]),
-        betas=tuple(meta["betas"]),
-        eps=float(meta["eps"]),
-        step=int(meta["step"]),
-        base_model=str(meta["base_model"]),
-        param_names=list(meta["param_names"]),
-        exp_avg=exp_avg,
-        exp_avg_sq=exp_avg_sq,
-        meta=meta,
-    )
+def _lora_groups(optimizer: torch.optim.Optimizer, peft_model: torch.nn.Module) -> list[int]:
+    """The param groups holding the trainable LoRA parameters; refused if they differ in lr, betas or eps."""
+    group_of = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+    trainable = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+    orphans = [n for n, p in trainable if id(p) not in group_of]
+    if orphans:
+        raise InputError(f"the optimizer does not update the trainable LoRA parameters {orphans[:3]}"
+                         f"{' ...' if len(orphans) > 3 else ''}: they would have no Adam moments")
+    groups = sorted({group_of[id(p)] for _, p in trainable})
+    for key in ("lr", "betas", "eps"):
+        values = {g: optimizer.param_groups[g][key] for g in groups}
+        as_float = {g: [float(x) for x in v] if key == "betas" else float(v) for g, v in values.items()}
+        if len({repr(v) for v in as_float.values()}) > 1:
+            raise InputError(
+                f"the LoRA parameters sit in optimizer param groups with different {key} ({as_float}): LESS weights "
+                "each checkpoint by one learning rate and Adam-transforms gradients with one (betas, eps); put the "
+                "LoRA parameters in one group or give their groups the same lr, betas and eps"
+            )
+    return groups
 
 
-def list_snapshots(dirpath: str | os.PathLike) -> list[Path]:
-    """Snapshot directories under ``dirpath`` in epoch order."""
-    found = [p for p in Path(dirpath).glob("epoch_*") if (p / SNAPSHOT_FILE).exists()]
-    if not found:
-        raise FileNotFoundError(f"no snapshots (epoch_*/{SNAPSHOT_FILE}) under {dirpath}")
-    return sorted(found, key=lambda p: _epoch_of(p) or 0)
+def _moments(optimizer: torch.optim.Optimizer, peft_model: torch.nn.Module, copy: bool = True) -> dict[str, torch.Tensor]:
+    """Adam's moments of every trainable LoRA parameter by name (CPU copies unless ``copy=False``: only checked).
+
+    Raises:
+        InputError: a parameter without ``exp_avg`` / ``exp_avg_sq`` state; names the optimizer class.
+    """
+    moments: dict[str, torch.Tensor] = {}
+    for name, p in peft_model.named_parameters():
+        if not p.requires_grad:
+            continue
+        state = optimizer.state.get(p)
+        if not state or "exp_avg" not in state or "exp_avg_sq" not in state:
+            raise InputError(f"{type(optimizer).__name__} holds no Adam moments (exp_avg, exp_avg_sq) for the trainable "
+                             f"parameter {name!r}: GradientFeatureCallback needs an Adam-family optimizer")
+        if copy:
+            moments[f"{name}.exp_avg"] = state["exp_avg"].detach().cpu().contiguous()
+            moments[f"{name}.exp_avg_sq"] = state["exp_avg_sq"].detach().cpu().contiguous()
+    return moments

@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lightning_less.errors import LessError
 from lightning_less.stores.datastore import GradientDatastore
 
 
@@ -106,7 +107,7 @@ class ShardedStoreWriter(BasePredictionWriter):
                 try:  # an earlier merged store: refused when built differently, reused only when complete
                     verdict = (GradientDatastore.create(out, manifest, names, dims, n, dtype=dtype,
                                                         overwrite=module.overwrite).is_complete(), None)
-                except (ValueError, FileExistsError) as err:
+                except (ValueError, FileExistsError, LessError) as err:
                     verdict = (False, str(err))
             skip, error = trainer.strategy.broadcast(verdict, src=0)
             if error:
@@ -130,7 +131,10 @@ class ShardedStoreWriter(BasePredictionWriter):
                         store.write(name, dim, excluded, np.zeros((excluded.size, dim), dtype=np.float32))
                     store.mark_done(name, excluded)
         module.done = {name: store.done_mask(name) for name in names}
-        left = int(sum((~d).sum() for d in module.done.values()))
+        # This rank's own share (the predict sampler deals rank, rank + world, ...); rank 0 marked the excluded rows.
+        share = len(range(trainer.global_rank, len(dataset), trainer.world_size))
+        excluded_here = excluded.size if trainer.is_global_zero else 0
+        left = int(sum(share - (int(d.sum()) - excluded_here) for d in module.done.values()))
         rank_zero_info(f"{self.what}: {len(dataset)} examples x {len(names)} x dims {dims} -> {out} "
                        f"({left} rows to compute on rank {trainer.global_rank})")
 
@@ -149,6 +153,12 @@ class ShardedStoreWriter(BasePredictionWriter):
             index = np.unique(np.concatenate(indices))
             store.mark_done(name, index)  # only once every dim of the rows is written
             module.done[name][index] = True
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        store = getattr(pl_module, "store", None)
+        if store is not None:
+            store.close()  # drop the writer lock now, not whenever the failed module is collected
 
     @override
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

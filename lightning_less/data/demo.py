@@ -17,6 +17,8 @@ import json
 import random
 from pathlib import Path
 
+from lightning_less.errors import InputError
+
 _CONSONANTS = "bcdfghjklmnprstvz"
 _VOWELS = "aeiou"
 
@@ -183,3 +185,34 @@ def generate_pretraining_data(path: str | Path, seed: int = 0, n: int = 3000, ex
             prompt, answer = make_example(task, form, rng)
             f.write(json.dumps(_record("messages", f"pre-{i}", f"{task}_{form}", prompt, answer, {}), ensure_ascii=False) + "\n")
     return str(path)
+
+
+def demo_data(
+    *,
+    output: str = "demo_data",
+    seed: int = 0,
+    pool_size: int = 2400,
+    target_task: str = "last_letter",
+    scenario: str = "in_form",
+) -> dict[str, list[str] | str]:
+    """Write the built-in demo's data: a pool of 3 jsonl files in 3 formats, targets and an evaluation set.
+
+    Args:
+        output: directory to write into (created if needed; existing files are replaced).
+        seed: the data's seed (the same seed writes the same bytes).
+        pool_size: number of pool examples.
+        target_task: the task the targets and evaluation examples come from (``last_letter``,
+            ``first_letter``, ``uppercase``, ``reverse``, ``length``, ``add``, ``repeat``, ``bigger``).
+        scenario: ``in_form`` (a fifth of the target task's pool examples in the targets' form) or
+            ``cross_form`` (the target task only in the other form).
+
+    Returns:
+        The files written: ``{"pool": [3 paths], "targets": path, "eval": path}``.
+    """
+    if target_task not in TASKS:
+        raise InputError(f"--target_task: unknown task {target_task!r}; choose one of {sorted(TASKS)}")
+    if pool_size < 3:  # one example per pool file at least: an empty jsonl file is refused by every reader
+        raise InputError(f"--pool_size: {pool_size} is too small; give at least 3 (the pool is spread over 3 files)")
+    if scenario not in SCENARIOS:
+        raise InputError(f"--scenario: unknown scenario {scenario!r}; choose one of {sorted(SCENARIOS)}")
+    return generate_demo_data(output, seed=seed, pool_size=pool_size, target_task=target_task, scenario=scenario)

@@ -17,6 +17,8 @@ import string
 import tempfile
 from pathlib import Path
 
+from lightning_less.errors import InputError
+
 BUILTIN_PREFIX = "builtin:"
 SPECIAL_TOKENS = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>"}
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
@@ -127,3 +129,23 @@ def resolve_model_path(name_or_path: str) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
+
+
+def tiny_model(*, output: str, size: str = "tiny", seed: int = 0) -> dict[str, str | int]:
+    """Build the offline tiny Llama-style model and its character-level tokenizer and save both.
+
+    The directory loads back with ``AutoModelForCausalLM.from_pretrained`` and
+    ``AutoTokenizer.from_pretrained``, like any hub model.
+
+    Args:
+        output: directory to ``save_pretrained`` into.
+        size: ``tiny`` (2 layers, hidden size 64) or ``small`` (4 layers, hidden size 128).
+        seed: initialisation seed (the same seed gives the same weights).
+
+    Returns:
+        ``{"path", "size", "seed"}`` of the saved model.
+    """
+    if size not in SIZES:
+        raise InputError(f"--size: unknown tiny model size {size!r}; choose one of {sorted(SIZES)}")
+    path = save_tiny_model(output, size=size, seed=seed)
+    return {"path": str(path), "size": size, "seed": seed}

@@ -1,7 +1,7 @@
 """``lightning-less demo``: the whole LESS pipeline and the baselines on generated data, on CPU.
 
 1. Generate a multi-task pool in two surface forms (English / Spanish instructions), held-out
-   targets and evaluation examples of one task in one form (``first_letter`` in Spanish).
+   targets and evaluation examples of one task in one form (``last_letter`` in Spanish).
 2. Build a base model: the offline tiny Llama, trained on a corpus of every *other* task, so
    it knows the instruction format but not the target task.
 3. LESS: warmup with snapshots, gradient features, selection (the real pipeline).
@@ -12,29 +12,27 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_less.analysis.comparison import TargetRule, target_rule, target_share
 from lightning_less.data.records import read_records
-from lightning_less.recipes.pipeline import (
-    FeatureSettings,
-    SelectionSettings,
-    TrainSettings,
-    WarmupSettings,
-    mark_done,
-    run_pipeline,
-    step_done,
-    train_and_evaluate,
-)
+from lightning_less.errors import InputError
+from lightning_less.recipes.pipeline import run_pipeline
+from lightning_less.recipes.settings import FeatureSettings, SelectionSettings, TrainSettings, WarmupSettings
+from lightning_less.recipes.steps import make_trainer, mark_done, step_done
+from lightning_less.recipes.train import train_and_evaluate
+
+log = logging.getLogger(__name__)
 
 DEMO_METHODS = ("less", "random", "bm25", "dsir", "rds", "rds_plus", "rds_response", "s2l", "full")
 TRAINER = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": True}
+COLUMNS = ("n_selected", "target_share", "surface_share", "target_loss", "target_exact_match")
 
 
 def task_of(source: str) -> str:
@@ -74,28 +72,77 @@ def build_base_model(output: Path, pretrain_file: str, seed: int, epochs: int = 
     config = {"pretrain_file": pretrain_file, "seed": seed, "epochs": epochs, "version": 1}
     if step_done(output, config, overwrite=False):
         return str(output / "model")
-    rank_zero_info(f"[0/4] base model: the tiny Llama trained on {pretrain_file} (every task but the target)")
+    log.info(f"[0/4] base model: the tiny Llama trained on {pretrain_file} (every task but the target)")
     pl.seed_everything(seed, verbose=False)
     module = LoRAInstructionTuningModule(model_name_or_path="builtin:tiny-llama", use_lora=False, learning_rate=3e-3,
                                          warmup_ratio=0.05, seed=seed, exact_match=False)
     data = InstructionDataModule(train_files=[pretrain_file], tokenizer_name_or_path="builtin:tiny-llama",
                                  max_length=128, batch_size=32, seed=seed)
-    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_model_summary=False, **TRAINER)
-    trainer.fit(module, datamodule=data)
+    make_trainer(TRAINER, max_epochs=epochs).fit(module, datamodule=data)
     module.save_adapter(output / "model")
     mark_done(output, config)
     return str(output / "model")
 
 
-def run_demo(output: str = "demo_output", seed: int = 0, methods: Sequence[str] = DEMO_METHODS,
-             pool_size: int = 2400, fraction: float = 0.05, target_task: str = "last_letter",
-             scenario: str = "in_form") -> dict:
-    """Run the demo and return ``{method: {"target_share", "target_loss", "target_exact_match"}}``."""
-    from lightning_less.data.demo import generate_demo_data, generate_pretraining_data
+@dataclass(frozen=True)
+class DemoResult:
+    """The demo's table: per method, what it selected and how training on it did."""
 
+    rows: dict[str, dict]
+    """``{method: {"n_selected", "target_share", "surface_share", "target_loss", "target_exact_match"}}``."""
+    target_task: str
+    """The task the targets come from."""
+    seconds: float
+    """Wall time of the whole demo."""
+    results_path: Path
+    """Where ``rows`` were written as JSON."""
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.table import Table
+
+        table = Table(title=f"lightning-less demo: target task '{self.target_task}' ({self.seconds:.0f} s)")
+        table.add_column("method")
+        for column in COLUMNS:  # headers wrap at spaces on a narrow terminal instead of being cut
+            table.add_column("selected" if column == "n_selected" else column.replace("_", " "), justify="right")
+        for method, row in self.rows.items():
+            table.add_row(method, str(row["n_selected"]), *(f"{row[c]:.3f}" for c in COLUMNS[1:]))
+        return Group(table, f"results written to {self.results_path}")
+
+
+def demo(
+    *,
+    output: str = "demo_output",
+    seed: int = 0,
+    methods: list[str] | None = None,
+    target_task: str = "last_letter",
+    pool_size: int = 2400,
+    fraction: float = 0.05,
+    scenario: str = "in_form",
+) -> DemoResult:
+    """Run the built-in demo: the whole LESS pipeline and the baselines on generated data, on CPU.
+
+    Writes ``<output>/results.json``, ``<output>/timings.json`` and every step's outputs
+    (data, base model, snapshots, datastores, selections, adapters), and returns the table
+    of every method's target share, target loss and exact match.
+
+    Args:
+        output: the run directory; finished steps found there are skipped.
+        seed: seed of the data, the warmup sample, every sampled method and training.
+        methods: methods to run (default: less, random, bm25, dsir, rds, rds_plus, rds_response, s2l, full).
+        target_task: the demo task the targets come from (``last_letter``, ``first_letter``, ``uppercase``, ...).
+        pool_size: number of pool examples generated.
+        fraction: every method's budget as a fraction of the pool (LESS's 5%).
+        scenario: ``in_form`` (a fifth of the target task's pool examples in the targets' surface
+            form) or ``cross_form`` (the target task only in the other form, as TydiQA in the LESS paper).
+    """
+    from lightning_less.data.demo import generate_demo_data, generate_pretraining_data
+    from lightning_less.selection.outputs import read_selection
+
+    methods = list(methods or DEMO_METHODS)
     unknown = sorted(set(methods) - set(DEMO_METHODS))
     if unknown:
-        raise ValueError(f"unknown demo methods {unknown}: choose from {list(DEMO_METHODS)}")
+        raise InputError(f"--methods: unknown demo methods {unknown}; choose from {list(DEMO_METHODS)}")
     start = time.time()
     timings: dict[str, float] = {}
 
@@ -112,8 +159,8 @@ def run_demo(output: str = "demo_output", seed: int = 0, methods: Sequence[str] 
     lap("base_model")
     pool_files, targets, eval_files = data["pool"], [data["targets"]], [data["eval"]]
     pool = read_records(pool_files)
-    target_task = task_of(read_records(targets)[0].source)
-    target_form = read_records(targets)[0].source.rsplit("_", 1)[1]
+    target_source = read_records(targets)[0].source
+    target_task, target_form = task_of(target_source), target_source.rsplit("_", 1)[1]
     train = TrainSettings(epochs=4, learning_rate=2e-3, lora_r=16, lora_alpha=32, lora_dropout=0.0, batch_size=8,
                           warmup_ratio=0.03, generation_max_new_tokens=4)
     max_length = 128
@@ -144,38 +191,20 @@ def run_demo(output: str = "demo_output", seed: int = 0, methods: Sequence[str] 
         results[method] = train_and_evaluate(selections[method], eval_files, out / "train" / method, base, train,
                                              max_length, seed, TRAINER)
         lap(f"{method}_train")
-    from lightning_less.selection.outputs import read_selection
 
     relevant = demo_relevance(target_task)
-    table = {}
+    rows = {}
     for method in methods:
-        sel = read_selection(selections[method])
-        forms = [pool[i].source.rsplit("_", 1)[1] for i in sel.selected]
-        table[method] = {
-            "target_share": target_share([pool[i] for i in sel.selected], relevant),
+        selected = read_selection(selections[method]).selected
+        rows[method] = {
+            "target_share": target_share([pool[i] for i in selected], relevant),
             # Share of the selection in the targets' surface form (whatever the task): what word overlap follows.
-            "surface_share": float(np.mean([f == target_form for f in forms])),
+            "surface_share": float(np.mean([pool[i].source.rsplit("_", 1)[1] == target_form for i in selected])),
             "target_loss": results[method]["target_loss"],
             "target_exact_match": results[method]["target_exact_match"],
-            "n_selected": int(len(sel.selected)),
+            "n_selected": int(len(selected)),
         }
-    (out / "results.json").write_text(json.dumps(table, indent=2))
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
     timings["total"] = round(time.time() - start, 2)
     write_timings(out / "timings.json", timings)
-    _print_table(table, target_task, time.time() - start, out / "results.json")
-    return table
-
-
-def _print_table(table: dict, target_task: str, seconds: float, path: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"lightning-less demo: target task '{target_task}' ({seconds:.0f} s)")
-    for col in ("method", "selected", "target_share", "surface_share", "target_loss", "target_exact_match"):
-        t.add_column(col, justify="right" if col != "method" else "left")
-    for method, row in table.items():
-        t.add_row(method, str(row["n_selected"]), f"{row['target_share']:.3f}", f"{row['surface_share']:.3f}", f"{row['target_loss']:.3f}",
-                  f"{row['target_exact_match']:.3f}")
-    console = Console()
-    console.print(t)
-    console.print(f"results written to {path}")
+    return DemoResult(rows, target_task, time.time() - start, out / "results.json")

@@ -4,133 +4,137 @@ warmup (LoRA on a seeded fraction of the pool, one snapshot per epoch)
 -> pool features (``adam``) and target features (``sgd``) -> scores and selection
 -> training on the selection -> evaluation on the target task.
 
-Each step writes into its own directory under ``output`` with a ``step.json`` marker
-holding the step's settings. A step whose marker matches is skipped; one whose marker
-differs is refused (stale output) unless ``overwrite`` is set, so a result is never
-silently reused with other settings.
+Every input is checked before the first step starts (files, budget, model, settings), so a
+mistake fails in seconds rather than after the warmup. Each step writes into its own
+directory under ``output`` and is skipped when it finished with the same settings (see
+:mod:`lightning_less.recipes.steps`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_less.data.records import files_fingerprint
-from lightning_less.errors import StaleOutputError
+from lightning_less.data.records import Record, as_paths, files_fingerprint, read_records
+from lightning_less.errors import InputError, MissingInputError, StaleOutputError
+from lightning_less.recipes.settings import (
+    AGGREGATIONS,
+    PROJECTORS,
+    STORE_DTYPES,
+    FeatureSettings,
+    SelectionSettings,
+    TrainSettings,
+    WarmupSettings,
+)
+from lightning_less.recipes.steps import STEP_FILE, file_hash, fingerprint, make_trainer, mark_done, step_done, step_result
+from lightning_less.recipes.train import train_and_evaluate
 
-STEP_FILE = "step.json"
+__all__ = [
+    "STEP_FILE", "FeatureSettings", "SelectionSettings", "StaleOutputError", "TrainSettings", "WarmupSettings",
+    "check_inputs", "mark_done", "run_features", "run_pipeline", "run_warmup", "step_done", "step_result",
+    "train_and_evaluate",
+]
 
-
-@dataclass
-class WarmupSettings:
-    """LESS step 1 (docs/algorithms.md §1.1)."""
-
-    fraction: float = 0.05
-    """Share of the pool used for warmup (seeded)."""
-    epochs: int = 4
-    """Warmup epochs = number of snapshots."""
-    learning_rate: float = 2e-5
-    lora_r: int = 128
-    lora_alpha: int = 512
-    lora_dropout: float = 0.1
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    batch_size: int = 1
-    accumulate_grad_batches: int = 1
-    warmup_ratio: float = 0.03
-
-
-@dataclass
-class FeatureSettings:
-    """LESS step 2 (docs/algorithms.md §1.2-1.4)."""
-
-    dims: list[int] = field(default_factory=lambda: [8192])
-    projector: str = "trak_basic"
-    """``trak_basic``, ``trak_cuda`` or ``sparse_jl``."""
-    projector_seed: int = 0
-    batch_size: int = 8
-    store_dtype: str = "float16"
+log = logging.getLogger(__name__)
+DEFAULT_FRACTION = 0.05  # LESS's budget when neither fraction nor count is given
 
 
-@dataclass
-class SelectionSettings:
-    """LESS step 3 (docs/algorithms.md §1.5-1.6)."""
-
-    fraction: float | None = None
-    """Budget as a fraction of the pool (default 0.05 when ``count`` is not given)."""
-    count: int | None = None
-    """Budget as a number of examples."""
-    dim: int | None = None
-    """Which projected dim to score with (default: the first)."""
-    aggregation: str = "max_subtask_mean"
+# ---------------------------------------------------------------------- checks before any compute
+def _read_files(flag: str, paths: Sequence[str]) -> list[Record]:
+    if not paths:
+        raise InputError(f"{flag} is empty: give at least one jsonl file")
+    for p in paths:
+        if not Path(p).exists():
+            raise MissingInputError(f"{flag}: {p} does not exist (relative to {os.getcwd()}); "
+                                    "check the path, or write the demo's data with 'lightning-less demo-data --output demo_data'")
+    return read_records(list(paths))  # a malformed record raises RecordError naming file and line
 
 
-@dataclass
-class TrainSettings:
-    """LESS step 4 (docs/algorithms.md §1.7): the model trained on the selection (may differ: LESS-T)."""
+def _check_model(flag: str, name: str) -> None:
+    """Fail now when ``name`` is neither ``builtin:...``, a model directory nor a loadable hub name."""
+    from lightning_less.models.tiny import resolve_model_path
 
-    model_name_or_path: str | None = None
-    """Default: the selecting model."""
-    epochs: int = 4
-    learning_rate: float = 2e-5
-    use_lora: bool = True
-    lora_r: int = 128
-    lora_alpha: int = 512
-    lora_dropout: float = 0.1
-    batch_size: int = 1
-    accumulate_grad_batches: int = 1
-    warmup_ratio: float = 0.03
-    generation_max_new_tokens: int = 64
+    try:
+        path = resolve_model_path(name)
+    except ValueError as err:
+        raise InputError(f"{flag}: {err}") from None
+    if Path(path).is_dir():
+        if not any((Path(path) / f).is_file() for f in ("config.json", "adapter_config.json")):
+            raise InputError(f"{flag}: {path} is a directory without config.json: not a saved model "
+                             "(save one with save_pretrained, or give a hub name or builtin:tiny-llama)")
+        return
+    from transformers import AutoConfig
 
-
-def _fingerprint(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def step_done(path: Path, settings: dict, overwrite: bool) -> bool:
-    """Whether the step in ``path`` already finished with these settings; stale results raise or are removed."""
-    marker = path / STEP_FILE
-    if marker.exists():
-        recorded = json.loads(marker.read_text())
-        if recorded.get("fingerprint") == _fingerprint(settings):
-            return True
-        if not overwrite:
-            raise StaleOutputError(
-                f"{path} holds results made with other settings ({marker}); pass overwrite=True or use another output"
-            )
-    if path.exists() and (overwrite or not marker.exists()):
-        # An unfinished step (no marker) or one to redo: start clean, never mix.
-        shutil.rmtree(path)
-    return False
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{flag}: cannot load the model {name!r}: no such directory and the Hugging Face hub "
+                         f"gives: {' '.join(str(err).split())[:300].rstrip('.')}; give a local model directory, a hub name "
+                         "(e.g. meta-llama/Llama-2-7b-hf) or builtin:tiny-llama") from None
 
 
-def mark_done(path: Path, settings: dict, result: dict | None = None) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f".{STEP_FILE}.tmp"
-    tmp.write_text(json.dumps({"fingerprint": _fingerprint(settings), "settings": settings, "result": result or {}}, indent=2, default=str))
-    os.replace(tmp, path / STEP_FILE)
+def _choice(flag: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise InputError(f"{flag}: {value!r} is not one of {list(choices)}")
 
 
-def step_result(path: Path) -> dict:
-    return json.loads((path / STEP_FILE).read_text()).get("result", {})
+def check_inputs(pool: Sequence[str], targets: Sequence[str], eval_files: Sequence[str] | None, model: str,
+                 max_length: int, warmup: WarmupSettings, features: FeatureSettings, selection: SelectionSettings,
+                 train: TrainSettings, skip_training: bool) -> int:
+    """Check everything a later step would trip over; return the budget ``k``.
 
+    Raises:
+        MissingInputError: a data file does not exist.
+        InputError: a malformed record, a budget that does not fit the pool, an unusable
+            model or setting, targets that mix records with and without ``subtask``.
+    """
+    from lightning_less.selection.budget import resolve_budget
 
-def _trainer(trainer_kwargs: dict | None, **kw) -> pl.Trainer:
-    kwargs = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False, **(trainer_kwargs or {}), **kw}
-    return pl.Trainer(**kwargs)
+    pool_records = _read_files("--pool", pool)
+    target_records = _read_files("--targets", targets)
+    if eval_files:
+        _read_files("--eval", eval_files)
+    fraction = selection.fraction
+    if fraction is None and selection.count is None:
+        fraction = DEFAULT_FRACTION
+    try:
+        k = resolve_budget(len(pool_records), fraction=fraction, count=selection.count)
+    except ValueError as err:
+        raise InputError(f"--selection.fraction / --selection.count: {err}; give one of them: a fraction in (0, 1] "
+                         f"or a count of at most {len(pool_records)}, the pool's size") from None
+    if not 0 < warmup.fraction <= 1:
+        raise InputError(f"--warmup.fraction: {warmup.fraction} is not in (0, 1]")
+    if max_length < 1:
+        raise InputError(f"--max_length: {max_length} must be a positive number of tokens")
+    _choice("--features.projector", features.projector, PROJECTORS)
+    _choice("--features.store_dtype", features.store_dtype, STORE_DTYPES)
+    _choice("--selection.aggregation", selection.aggregation, AGGREGATIONS)
+    if not features.dims or any(int(d) != d or d < 1 for d in features.dims):
+        raise InputError(f"--features.dims: {features.dims} must be a non-empty list of positive integers")
+    if selection.dim is not None:
+        _choice("--selection.dim", selection.dim, features.dims)
+    # LESS scores each target subtask on its own; a file mixing records with and without a
+    # subtask would silently group the latter by their source instead.
+    missing = [t for t in target_records if t.subtask is None]
+    if missing and len(missing) < len(target_records):
+        raise InputError(f"{missing[0].path}:{missing[0].line}: this target has no 'subtask' field but other targets "
+                         f"do ({len(missing)} of {len(target_records)} lack one); give every target a subtask")
+    _check_model("--model", model)
+    if not skip_training and train.model_name_or_path:
+        _check_model("--train.model_name_or_path", train.model_name_or_path)
+    return k
 
 
 # ---------------------------------------------------------------------- steps
 def run_warmup(pool: Sequence[str], output: Path, model: str, settings: WarmupSettings, max_length: int, seed: int,
                trainer_kwargs: dict | None = None, overwrite: bool = False) -> Path:
-    """Step 1: LoRA warmup with a snapshot per epoch; returns the snapshot root."""
+    """Step 1: LoRA warmup with a snapshot per epoch; returns the snapshot root (``output/snapshots``)."""
     from lightning_less.callbacks.snapshot import GradientFeatureCallback
     from lightning_less.data.datamodule import InstructionDataModule
     from lightning_less.modules.lora import LoRAInstructionTuningModule
@@ -138,19 +142,19 @@ def run_warmup(pool: Sequence[str], output: Path, model: str, settings: WarmupSe
     config = {"pool": files_fingerprint(pool), "model": model, "max_length": max_length, "seed": seed, **asdict(settings)}
     snapshots = output / "snapshots"
     if step_done(output, config, overwrite):
-        rank_zero_info(f"[skip] warmup: {snapshots} is complete")
+        log.info(f"[skip] warmup: {snapshots} is complete")
         return snapshots
-    rank_zero_info(f"[1/4] warmup: LoRA on {settings.fraction:.0%} of the pool for {settings.epochs} epochs -> {snapshots}")
+    log.info(f"[1/4] warmup: LoRA on {settings.fraction:.0%} of the pool for {settings.epochs} epochs -> {snapshots}")
     pl.seed_everything(seed, verbose=False)
     module = LoRAInstructionTuningModule(
         model_name_or_path=model, lora_r=settings.lora_r, lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout, lora_target_modules=settings.lora_target_modules,
+        lora_dropout=settings.lora_dropout, lora_target_modules=list(settings.lora_target_modules),
         learning_rate=settings.learning_rate, warmup_ratio=settings.warmup_ratio, seed=seed, exact_match=False,
     )
     data = InstructionDataModule(train_files=list(pool), tokenizer_name_or_path=model, max_length=max_length,
                                  train_fraction=settings.fraction, seed=seed, batch_size=settings.batch_size)
-    trainer = _trainer(trainer_kwargs, max_epochs=settings.epochs, accumulate_grad_batches=settings.accumulate_grad_batches,
-                       callbacks=[GradientFeatureCallback(str(snapshots))], num_sanity_val_steps=0)
+    trainer = make_trainer(trainer_kwargs, max_epochs=settings.epochs, accumulate_grad_batches=settings.accumulate_grad_batches,
+                           callbacks=[GradientFeatureCallback(str(snapshots))], num_sanity_val_steps=0)
     trainer.fit(module, datamodule=data)
     mark_done(output, config)
     return snapshots
@@ -159,112 +163,89 @@ def run_warmup(pool: Sequence[str], output: Path, model: str, settings: WarmupSe
 def run_features(files: Sequence[str], snapshots: Path, output: Path, feature: str, model: str,
                  settings: FeatureSettings, max_length: int, trainer_kwargs: dict | None = None,
                  overwrite: bool = False):
-    """Step 2: per-example projected gradient features into a datastore (resumable)."""
+    """Step 2: per-example projected gradient features of ``files`` into a datastore (resumable).
+
+    Raises:
+        MissingInputError: ``snapshots`` holds no warmup snapshot (``epoch_*``) yet.
+    """
     from lightning_less.data.datamodule import InstructionDataModule
     from lightning_less.passes.gradient_features import GradientDumpLoop
-
     from lightning_less.stores.datastore import GradientDatastore
 
+    epochs = sorted(Path(snapshots).glob("epoch_*"))
+    if not epochs:
+        raise MissingInputError(f"{snapshots} holds no warmup snapshot (epoch_*): run the warmup first "
+                                "(lightning-less pipeline runs it; on its own: lightning-less fit with a "
+                                "GradientFeatureCallback writing there, as configs/tiny/fit.yaml)")
     # The store itself resumes and refuses other settings; the marker only saves starting a Trainer.
     marker = output.parent / f"{output.name}.step.json"
-    config = {"files": files_fingerprint(files), "snapshots": [_file_hash(p / "snapshot.json") + _file_hash(p / "adapter_model.safetensors")
-              for p in sorted(Path(snapshots).glob("epoch_*"))], "feature": feature, "model": model,
-              "max_length": max_length, **{k: v for k, v in asdict(settings).items() if k != "batch_size"}}
-    if marker.exists() and not overwrite and json.loads(marker.read_text()).get("fingerprint") == _fingerprint(config) \
+    config = {"files": files_fingerprint(files),
+              "snapshots": [file_hash(p / "snapshot.json") + file_hash(p / "adapter_model.safetensors") for p in epochs],
+              "feature": feature, "model": model, "max_length": max_length,
+              **{k: v for k, v in asdict(settings).items() if k != "batch_size"}}
+    if marker.exists() and not overwrite and json.loads(marker.read_text()).get("fingerprint") == fingerprint(config) \
             and (output / "manifest.json").exists() and GradientDatastore.open(output).is_complete():
-        rank_zero_info(f"[skip] {feature} gradient features: {output} is complete")
+        log.info(f"[skip] {feature} gradient features: {output} is complete")
         return GradientDatastore.open(output)
-    rank_zero_info(f"[2/4] {feature} gradient features of {', '.join(map(str, files))} -> {output}")
+    log.info(f"[2/4] {feature} gradient features of {', '.join(map(str, files))} -> {output}")
     data = InstructionDataModule(predict_files=list(files), tokenizer_name_or_path=model, max_length=max_length,
                                  eval_batch_size=settings.batch_size)
     loop = GradientDumpLoop(
-        snapshots=str(snapshots), output_dir=str(output), feature=feature, dims=settings.dims,
+        snapshots=str(snapshots), output_dir=str(output), feature=feature, dims=list(settings.dims),
         projector=settings.projector, projector_seed=settings.projector_seed, model_name_or_path=model,
         store_dtype=settings.store_dtype, overwrite=overwrite, trainer_kwargs=trainer_kwargs,
     )
     store = loop.run(data)
-    marker.write_text(json.dumps({"fingerprint": _fingerprint(config), "settings": config}, indent=2, default=str))
+    marker.write_text(json.dumps({"fingerprint": fingerprint(config), "settings": config}, indent=2, default=str))
     return store
-
-
-def train_and_evaluate(selection_dir: Path, eval_files: Sequence[str] | None, output: Path, model: str,
-                       settings: TrainSettings, max_length: int, seed: int, trainer_kwargs: dict | None = None,
-                       overwrite: bool = False) -> dict:
-    """Step 4: train on the selection, then test on the target task (loss and exact match)."""
-    from lightning_less.modules.lora import LoRAInstructionTuningModule
-    from lightning_less.selection.datamodule import LessDataModule
-
-    train_model = settings.model_name_or_path or model
-    config = {"selection": str(selection_dir), "selection_manifest": _file_hash(selection_dir / "manifest.json"),
-              "eval": files_fingerprint(eval_files or []), "model": train_model, "max_length": max_length,
-              "seed": seed, **asdict(settings)}
-    if step_done(output, config, overwrite):
-        rank_zero_info(f"[skip] training on {selection_dir}: done")
-        return step_result(output)
-    rank_zero_info(f"[4/4] training {train_model} on the selection {selection_dir} -> {output}")
-    pl.seed_everything(seed, verbose=False)
-    module = LoRAInstructionTuningModule(
-        model_name_or_path=train_model, use_lora=settings.use_lora, lora_r=settings.lora_r,
-        lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, learning_rate=settings.learning_rate,
-        warmup_ratio=settings.warmup_ratio, seed=seed, generation_max_new_tokens=settings.generation_max_new_tokens,
-        adapter_dir=str(output / "adapter"),
-    )
-    data = LessDataModule(str(selection_dir), tokenizer_name_or_path=train_model, max_length=max_length,
-                          test_files=list(eval_files) if eval_files else None, batch_size=settings.batch_size, seed=seed)
-    trainer = _trainer(trainer_kwargs, max_epochs=settings.epochs, accumulate_grad_batches=settings.accumulate_grad_batches,
-                       num_sanity_val_steps=0)
-    trainer.fit(module, datamodule=data)
-    result: dict[str, Any] = {"n_train": len(data.datasets["train"])}
-    if eval_files:
-        metrics = trainer.test(module, datamodule=data, verbose=False)[0]
-        result.update({"target_loss": float(metrics["test/loss"]), "target_exact_match": float(metrics.get("test/exact_match", float("nan")))})
-    mark_done(output, config, result)
-    return result
-
-
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def run_pipeline(
     *,
-    pool: list[str],
-    targets: list[str],
+    pool: list[str] | str,
+    targets: list[str] | str,
     output: str,
     model: str = "builtin:tiny-llama",
-    eval: list[str] | None = None,
+    eval: list[str] | str | None = None,
     max_length: int = 2048,
     seed: int = 0,
-    warmup: WarmupSettings | None = None,
-    features: FeatureSettings | None = None,
-    selection: SelectionSettings | None = None,
-    train: TrainSettings | None = None,
+    warmup: WarmupSettings = WarmupSettings(),
+    features: FeatureSettings = FeatureSettings(),
+    selection: SelectionSettings = SelectionSettings(),
+    train: TrainSettings = TrainSettings(),
     trainer: dict[str, Any] | None = None,
     skip_training: bool = False,
     overwrite: bool = False,
 ) -> dict:
-    """Run LESS end to end: warmup, features, selection, training on the selection and evaluation.
+    """Run LESS end to end: warmup, gradient features, selection, training on the selection, evaluation.
+
+    Every input is checked before the warmup starts. Finished steps found under ``output``
+    are skipped; a step whose output was made with other settings is refused unless
+    ``overwrite``. Interrupted gradient passes resume.
 
     Args:
-        pool: the instruction pool's jsonl files.
-        targets: target examples (jsonl, with a ``subtask`` field).
-        output: the run directory; finished steps found there are skipped.
-        model: the selecting model (hub name, path or ``builtin:tiny-llama``).
-        eval: held-out target-task examples for the final evaluation.
+        pool: the instruction pool's jsonl file(s) (``--pool a.jsonl`` or ``--pool '[a.jsonl,b.jsonl]'``).
+        targets: the target examples' jsonl file(s) (each record with a ``subtask`` field).
+        output: the run directory (``warmup/``, ``features/``, ``selection/``, ``train/``, ``pipeline.json``).
+        model: the selecting model: a hub name, a local directory or ``builtin:tiny-llama``.
+        eval: held-out target-task examples' jsonl file(s) for the final evaluation (none: no evaluation).
         max_length: truncation length in tokens.
-        seed: seed of the warmup sample, LoRA init and training.
-        warmup: step 1 settings.
-        features: step 2 settings.
-        selection: step 3 settings.
-        train: step 4 settings.
+        seed: seed of the warmup sample, the LoRA initialisation and the training.
+        warmup: step 1, the warmup's settings.
+        features: step 2, the gradient features' settings.
+        selection: step 3, the budget and how subtask scores are combined.
+        train: step 4, the training on the selection.
         trainer: extra ``Trainer`` arguments for every step (e.g. ``{"accelerator": "gpu", "precision": "bf16-mixed"}``).
         skip_training: stop after the selection.
         overwrite: redo steps whose outputs were made with other settings instead of refusing.
 
     Returns:
-        Paths of every step's output and the evaluation metrics.
+        The paths of every step's output (``snapshots``, ``pool_store``, ``target_store``,
+        ``selection``) and, unless ``skip_training``, ``train``: the training's
+        ``n_train``, ``target_loss`` and ``target_exact_match``.
     """
-    warmup, features, selection, train = warmup or WarmupSettings(), features or FeatureSettings(), selection or SelectionSettings(), train or TrainSettings()
+    pool, targets, eval = as_paths(pool), as_paths(targets), as_paths(eval) or None
+    k = check_inputs(pool, targets, eval, model, max_length, warmup, features, selection, train, skip_training)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     snapshots = run_warmup(pool, out / "warmup", model, warmup, max_length, seed, trainer, overwrite)
@@ -272,7 +253,7 @@ def run_pipeline(
     target_store = run_features(targets, snapshots, out / "features" / "targets", "sgd", model, features, max_length, trainer, overwrite)
     from lightning_less.selection.runner import run_selection
 
-    rank_zero_info("[3/4] LESS scores and selection")
+    log.info(f"[3/4] LESS scores and the top {k} of the pool")
     selection_dir = run_selection("less", pool, targets, out / "selection", fraction=selection.fraction,
                                   count=selection.count, seed=seed, pool_store=pool_store.path,
                                   target_store=target_store.path, dim=selection.dim,
@@ -282,5 +263,5 @@ def run_pipeline(
     if not skip_training:
         result["train"] = train_and_evaluate(selection_dir, eval, out / "train", model, train, max_length, seed, trainer, overwrite)
     (out / "pipeline.json").write_text(json.dumps(result, indent=2))
-    rank_zero_info(f"pipeline finished; summary in {out / 'pipeline.json'}")
+    log.info(f"pipeline finished; summary in {out / 'pipeline.json'}")
     return result

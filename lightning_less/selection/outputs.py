@@ -25,15 +25,16 @@ import csv
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from lightning_less.errors import StaleOutputError
 from lightning_less.data.records import Record, files_fingerprint, read_raw_lines
+from lightning_less.errors import IncompatibleError, InputError, MissingInputError, StaleOutputError
+from lightning_less.stores.files import make_temp_dir, read_json, remove_temps
+from lightning_less.stores.lock import DirectoryLock
 
 FORMAT_VERSION = 1
 SCORES_FILE = "scores.csv"
@@ -125,6 +126,46 @@ def _existing(out_dir: Path) -> list[str]:
     return [name for name in SELECTION_FILES if (out_dir / name).exists()]
 
 
+def _exists_message(out_dir: Path) -> str:
+    found = ", ".join(_existing(out_dir))
+    if (out_dir / MANIFEST_FILE).exists():
+        return f"{out_dir} already holds a selection ({found}); pass overwrite=True to replace it"
+    return (f"{out_dir} holds an incomplete selection ({found} without {MANIFEST_FILE}: an earlier write was "
+            "interrupted); pass overwrite=True to replace it")
+
+
+def _write_files(tmp: Path, records: Sequence[Record], scores: np.ndarray | None, sub_names: list[str],
+                 sub_scores: np.ndarray | None, rank: np.ndarray, sel: np.ndarray, manifest: dict) -> None:
+    """The three files of a selection, written and synced into ``tmp`` (the manifest last)."""
+    with open(tmp / SCORES_FILE, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["index", "path", "line", "id", "source", "score"] + [f"score/{s}" for s in sub_names]
+                        + ["selected", "rank"])
+        nan = np.float64("nan")
+        for i, r in enumerate(records):
+            row = [r.index, r.path, r.line, r.id, r.source, _fmt(scores[i] if scores is not None else nan)]
+            if sub_scores is not None:
+                row.extend(_fmt(v) for v in sub_scores[i])
+            row.extend([1 if rank[i] else 0, rank[i] if rank[i] else ""])
+            writer.writerow(row)
+        _sync(f)
+    lines = read_raw_lines([records[i] for i in sel])
+    with open(tmp / SELECTED_FILE, "wb") as f:
+        for line in lines:
+            f.write(line + b"\n")
+        _sync(f)
+    with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, default=_json_default)
+        f.write("\n")
+        _sync(f)
+
+
+def _sync(f: Any) -> None:
+    # On disk before the rename that publishes it, so a crash never leaves a manifest beside empty files.
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def write_selection(
     out_dir: str | os.PathLike,
     records: Sequence[Record],
@@ -159,14 +200,12 @@ def write_selection(
 
     Raises:
         FileExistsError: when ``out_dir`` already holds selection files and ``overwrite`` is False.
+        LockedError: another process is writing ``out_dir`` (the message names it).
         ValueError: on inconsistent inputs (duplicated or out-of-range indices, wrong shapes).
     """
     out_dir = Path(out_dir)
     if not overwrite and _existing(out_dir):
-        raise FileExistsError(
-            f"{out_dir} already holds a selection ({', '.join(_existing(out_dir))}); "
-            "pass overwrite=True to replace it"
-        )
+        raise FileExistsError(_exists_message(out_dir))
     _check_records(records)
     n = len(records)
     sel = _check_selected(selected, n)
@@ -189,53 +228,34 @@ def write_selection(
     rank = np.zeros(n, dtype=np.int64)
     rank[sel] = np.arange(1, sel.size + 1)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        with open(tmp / SCORES_FILE, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(
-                ["index", "path", "line", "id", "source", "score"]
-                + [f"score/{s}" for s in sub_names]
-                + ["selected", "rank"]
-            )
-            nan = np.float64("nan")
-            for i, r in enumerate(records):
-                row = [r.index, r.path, r.line, r.id, r.source, _fmt(scores[i] if scores is not None else nan)]
-                if sub_scores is not None:
-                    row.extend(_fmt(v) for v in sub_scores[i])
-                row.extend([1 if rank[i] else 0, rank[i] if rank[i] else ""])
-                writer.writerow(row)
-        lines = read_raw_lines([records[i] for i in sel])
-        with open(tmp / SELECTED_FILE, "wb") as f:
-            for line in lines:
-                f.write(line + b"\n")
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "method": method,
-            "budget": budget,
-            "seed": seed,
-            "inputs": {"pool": files_fingerprint(_pool_files(records)), **inputs},
-            "n_pool": n,
-            "n_selected": int(sel.size),
-            "library_version": _library_version(),
-            "params": params or {},
-        }
-        with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, default=_json_default)
-            f.write("\n")
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # Checked again: another writer may have finished meanwhile.
-        if _existing(out_dir):
-            if not overwrite:
-                raise FileExistsError(f"{out_dir} already holds a selection; pass overwrite=True to replace it")
-            # Remove the commit mark first so the old set is never read beside new files.
-            (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
-        for name in (SCORES_FILE, SELECTED_FILE, MANIFEST_FILE):
-            os.replace(tmp / name, out_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "method": method,
+        "budget": budget,
+        "seed": seed,
+        "inputs": {"pool": files_fingerprint(_pool_files(records)), **inputs},
+        "n_pool": n,
+        "n_selected": int(sel.size),
+        "library_version": _library_version(),
+        "params": params or {},
+    }
+    # One writer at a time (a second fails at once, naming the first); held until the set is in place.
+    with DirectoryLock(out_dir, "selection"):
+        remove_temps(out_dir.parent, f".{out_dir.name}.tmp-")  # left by a writer killed earlier: ours to clear now
+        tmp = make_temp_dir(out_dir.parent, f".{out_dir.name}.tmp-")
+        try:
+            _write_files(tmp, records, scores, sub_names, sub_scores, rank, sel, manifest)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            # Checked again under the lock: another writer may have finished meanwhile.
+            if _existing(out_dir):
+                if not overwrite:
+                    raise FileExistsError(_exists_message(out_dir))
+                # Remove the commit mark first so the old set is never read beside new files.
+                (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+            for name in (SCORES_FILE, SELECTED_FILE, MANIFEST_FILE):
+                os.replace(tmp / name, out_dir / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -245,24 +265,43 @@ def _library_version() -> str:
     return __version__
 
 
+REWRITE = "Select again with overwrite=True to rewrite it."
+_REQUIRED_COLUMNS = ("index", "path", "line", "id", "source", "score", "selected", "rank")
+
+
 def _read_table(path: Path) -> dict[str, Any]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            rows = list(reader)
+    except FileNotFoundError:
+        raise MissingInputError(f"{path} is missing: the selection directory is incomplete. {REWRITE}") from None
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path} is corrupt ({err}). {REWRITE}") from None
+    missing = [c for c in _REQUIRED_COLUMNS if c not in (header or [])]
+    if missing:
+        raise InputError(f"{path} is corrupt or empty: columns {missing} are missing. {REWRITE}")
+    short = [i for i, row in enumerate(rows, start=2) if len(row) != len(header)]
+    if short:
+        raise InputError(f"{path}, line {short[0]}: {len(rows[short[0] - 2])} fields, the header has {len(header)} "
+                         f"(a truncated file?). {REWRITE}")
     columns = list(zip(*rows)) if rows else [() for _ in header]
     table: dict[str, Any] = {}
-    for name, values in zip(header, columns):
-        if name in ("index", "line"):
-            table[name] = np.asarray([int(v) for v in values], dtype=np.int64)
-        elif name == "rank":
-            table[name] = np.asarray([int(v) if v else 0 for v in values], dtype=np.int64)
-        elif name == "selected":
-            table[name] = np.asarray([v == "1" for v in values], dtype=bool)
-        elif name == "score" or name.startswith("score/"):
-            table[name] = np.asarray([float(v) if v else np.nan for v in values], dtype=np.float64)
-        else:
-            table[name] = list(values)
+    try:
+        for name, values in zip(header, columns):
+            if name in ("index", "line"):
+                table[name] = np.asarray([int(v) for v in values], dtype=np.int64)
+            elif name == "rank":
+                table[name] = np.asarray([int(v) if v else 0 for v in values], dtype=np.int64)
+            elif name == "selected":
+                table[name] = np.asarray([v == "1" for v in values], dtype=bool)
+            elif name == "score" or name.startswith("score/"):
+                table[name] = np.asarray([float(v) if v else np.nan for v in values], dtype=np.float64)
+            else:
+                table[name] = list(values)
+    except ValueError as err:
+        raise InputError(f"{path}: column {name!r} holds a value that is not a number ({err}). {REWRITE}") from None
     return table
 
 
@@ -278,18 +317,18 @@ def read_selection(out_dir: str | os.PathLike, records: Sequence[Record] | None 
         The :class:`Selection`.
 
     Raises:
-        FileNotFoundError: when the directory is not a complete selection (no manifest).
+        MissingInputError: when the directory is not a complete selection (no manifest).
         StaleSelectionError: when the pool changed since the selection was written.
-        ValueError: on an unknown format version or inconsistent files.
+        InputError: a truncated or corrupt file (named).
+        IncompatibleError: an unknown format version.
     """
     out_dir = Path(out_dir)
     manifest_path = out_dir / MANIFEST_FILE
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{out_dir} is not a complete selection directory: {MANIFEST_FILE} is missing")
-    with open(manifest_path, encoding="utf-8") as f:
-        manifest = json.load(f)
+        raise MissingInputError(f"{out_dir} is not a complete selection directory: {MANIFEST_FILE} is missing")
+    manifest = read_json(manifest_path, REWRITE, required=("format_version", "n_pool", "n_selected", "inputs"))
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise IncompatibleError(
             f"{manifest_path}: unsupported format_version {manifest.get('format_version')!r} "
             f"(expected {FORMAT_VERSION})"
         )
@@ -297,7 +336,9 @@ def read_selection(out_dir: str | os.PathLike, records: Sequence[Record] | None 
     ranked = np.nonzero(table["rank"])[0]
     selected = table["index"][ranked[np.argsort(table["rank"][ranked], kind="stable")]]
     if selected.size != manifest["n_selected"] or len(table["index"]) != manifest["n_pool"]:
-        raise ValueError(f"{out_dir}: {SCORES_FILE} does not match {MANIFEST_FILE} (sizes differ)")
+        raise InputError(f"{out_dir / SCORES_FILE} does not match {MANIFEST_FILE}: {len(table['index'])} rows with "
+                         f"{selected.size} ranked, the manifest says {manifest['n_pool']} and {manifest['n_selected']}. "
+                         f"{REWRITE}")
     if records is not None:
         _verify_pool(out_dir, manifest, selected, records)
     return Selection(path=out_dir, manifest=manifest, selected=selected, table=table)
@@ -319,7 +360,10 @@ def _verify_pool(out_dir: Path, manifest: dict, selected: np.ndarray, records: S
             )
     if len(records) != manifest["n_pool"]:
         raise StaleSelectionError(f"{out_dir}: the pool has {len(records)} records, the manifest {manifest['n_pool']}")
-    with open(out_dir / SELECTED_FILE, "rb") as f:
-        written = f.read().split(b"\n")[:-1]
+    try:
+        with open(out_dir / SELECTED_FILE, "rb") as f:
+            written = f.read().split(b"\n")[:-1]
+    except FileNotFoundError:
+        raise MissingInputError(f"{out_dir / SELECTED_FILE} is missing: the selection is incomplete. {REWRITE}") from None
     if written != read_raw_lines([records[i] for i in selected]):
         raise StaleSelectionError(f"{out_dir}: {SELECTED_FILE} does not match the pool records it names")

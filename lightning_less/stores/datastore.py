@@ -9,11 +9,18 @@ Layout of a store directory (docs/architecture.md, "Gradient datastore"):
   Always written atomically (temp file + ``os.replace``), and written *last* on
   creation, so a manifest implies that every array exists.
 * ``features/<snapshot>/dim_<d>.npy``: [n_examples, d] unnormalised features in dataset
-  order, created at full size with ``np.lib.format.open_memmap`` (sparse on disk until
-  written), so any rank can write any row.
+  order, created at full size with every block allocated (``os.posix_fallocate``: a
+  full disk is an error at create time, never a ``SIGBUS`` in the middle of a pass), so
+  any rank can write any row.
 * ``done/<snapshot>.npy``: bool [n_examples], one mask per snapshot, because the
   gradient pass loads one snapshot at a time; a row is marked done only after it was
   written for every dim of that snapshot and the feature arrays were flushed.
+
+Every open checks each array's header, dtype, shape and exact file size against the
+manifest *before* mapping it (numpy's ``r+`` memmap would zero-fill a truncated file),
+so a short or corrupt file is refused by name; ``overwrite`` rebuilds the store. A
+writer holds the store's lock (:mod:`lightning_less.stores.lock`) until it finalizes or
+closes the store, so a second writer fails at once instead of mixing rows or manifests.
 
 A store is readable as features only once :meth:`GradientDatastore.finalize` has set
 ``"complete": true``; stale or differently-built stores are refused, never reused
@@ -22,68 +29,26 @@ A store is readable as features only once :meth:`GradientDatastore.finalize` has
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import re
-import tempfile
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lightning_less.errors import IncompatibleError, InputError
+from lightning_less.stores.files import (DiskFullError, allocate_npy, ensure_allocated, human_bytes, npy_size,
+                                         open_npy, remove_temps, write_json_atomic)
+from lightning_less.stores.lock import DirectoryLock, lock_for_writer
+from lightning_less.stores.manifest import (FORMAT_VERSION, MANIFEST, PROGRESS_KEYS, REBUILD, SCORING_KEYS,
+                                            build_manifest, diff, normalise, read_manifest, without)
+
 __all__ = ["GradientDatastore", "FORMAT_VERSION", "SCORING_KEYS"]
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-#: Keys that change with progress or time, not with what the store contains.
-PROGRESS_KEYS = frozenset({"complete", "created"})
-#: Keys that must agree between a pool store and a target store to be scored together.
-SCORING_KEYS = ("format_version", "projector", "dims", "snapshots")
-_DTYPES = ("float16", "float32")
-_SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_COPY_ROWS = 1 << 16  # rows per copy step when merging, to bound memory
-
-
-def _library_version() -> str:
-    from lightning_less.version import __version__
-
-    return __version__
-
-
-def _write_json_atomic(path: Path, obj: Mapping[str, Any]) -> None:
-    """Write JSON to a temp file in the same directory, fsync, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted paths where two JSON-like values differ, with both values."""
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        out = []
-        for key in sorted(set(a) | set(b), key=str):
-            name = f"{prefix}.{key}" if prefix else str(key)
-            if key not in a or key not in b:
-                out.append(f"{name}: {a.get(key, '<missing>')!r} != {b.get(key, '<missing>')!r}")
-            else:
-                out.extend(_diff(a[key], b[key], name))
-        return out
-    return [] if a == b else [f"{prefix}: {a!r} != {b!r}"]
-
-
-def _normalise(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON round trip, so tuples and numpy scalars compare like the stored manifest."""
-    return json.loads(json.dumps(manifest, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+WRITER = "gradient datastore"  # what the lock's messages call a writer of this store
 
 
 class GradientDatastore:
@@ -102,10 +67,12 @@ class GradientDatastore:
         store.finalize()
     """
 
-    def __init__(self, path: str | os.PathLike, manifest: dict[str, Any], mode: str) -> None:
+    def __init__(self, path: str | os.PathLike, manifest: dict[str, Any], mode: str,
+                 lock: DirectoryLock | None = None) -> None:
         self.path = Path(path)
         self._manifest = manifest
         self.mode = mode
+        self._lock = lock
         self.n_examples: int = int(manifest["n_examples"])
         self.snapshots: list[str] = list(manifest["snapshots"])
         self.dims: list[int] = [int(d) for d in manifest["dims"]]
@@ -113,32 +80,27 @@ class GradientDatastore:
         mm = "r+" if mode == "r+" else "r"
         self._arrays: dict[tuple[str, int], np.memmap] = {}
         self._done: dict[str, np.memmap] = {}
+        # Once per open: header, dtype, shape and exact size of every file, before any memmap.
         for snap in self.snapshots:
             for dim in self.dims:
-                arr = np.load(self._feature_path(snap, dim), mmap_mode=mm)
-                if arr.shape != (self.n_examples, dim) or arr.dtype != np.dtype(self.dtype):
-                    raise ValueError(f"{self._feature_path(snap, dim)}: shape {arr.shape} {arr.dtype}, manifest "
-                                     f"says ({self.n_examples}, {dim}) {self.dtype}")
-                self._arrays[snap, dim] = arr
-            done = np.load(self._done_path(snap), mmap_mode=mm)
-            if done.shape != (self.n_examples,) or done.dtype != np.bool_:
-                raise ValueError(f"{self._done_path(snap)}: expected bool ({self.n_examples},), got {done.shape} {done.dtype}")
+                self._arrays[snap, dim] = open_npy(self._feature_path(snap, dim), (self.n_examples, dim), self.dtype,
+                                                   mm, REBUILD)
+            done = open_npy(self._done_path(snap), (self.n_examples,), np.bool_, mm, REBUILD)
+            if np.asarray(done).view(np.uint8).max(initial=0) > 1:
+                raise InputError(f"{self._done_path(snap)} is corrupt: a done mask holds bytes other than 0 and 1. {REBUILD}")
             self._done[snap] = done
+        if mode == "r+":  # a store made sparse by an older version: allocate before writing rows into it
+            for file in [*(self._feature_path(s, d) for s, d in self._arrays), *map(self._done_path, self.snapshots)]:
+                ensure_allocated(file)
         # Rows written in this session, per array: mark_done checks that every dim got them.
         self._written = {key: np.zeros(self.n_examples, dtype=bool) for key in self._arrays} if mode == "r+" else {}
+        if lock is not None and self.is_complete():
+            lock.release()  # a complete store takes no more writes: no reason to keep others out
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def create(
-        cls,
-        path: str | os.PathLike,
-        manifest: Mapping[str, Any],
-        snapshots: Sequence[str],
-        dims: Sequence[int],
-        n_examples: int,
-        dtype: str = "float16",
-        overwrite: bool = False,
-    ) -> GradientDatastore:
+    def create(cls, path: str | os.PathLike, manifest: Mapping[str, Any], snapshots: Sequence[str], dims: Sequence[int],
+               n_examples: int, dtype: str = "float16", overwrite: bool = False) -> GradientDatastore:
         """Create a store, or reopen a compatible one to resume it.
 
         Args:
@@ -151,91 +113,129 @@ class GradientDatastore:
             dims: projection dims.
             n_examples: rows of every array (the dataset size).
             dtype: storage dtype, ``float16`` (as the reference) or ``float32``.
-            overwrite: replace an existing store whose manifest differs.
+            overwrite: replace an existing store whose manifest differs, or that is
+                corrupt (a truncated or unreadable file).
 
         Returns:
-            The store, open for writing (``mode="r+"``).
+            The store, open for writing (``mode="r+"``) and locked until
+            :meth:`finalize` or :meth:`close`.
 
         Raises:
-            ValueError: an existing store with a different manifest (naming every
-                differing key) unless ``overwrite``; bad arguments.
+            IncompatibleError: an existing store with a different manifest (naming every
+                differing key) unless ``overwrite``.
+            InputError: an existing store with a corrupt file (naming it) unless
+                ``overwrite``.
+            LockedError: another writer holds the store.
+            DiskFullError: no room for the store's files (nothing is left behind).
+            ValueError: bad arguments.
             FileExistsError: ``path`` is a non-empty directory that is not a store.
         """
         path = Path(path)
-        full = cls._build_manifest(manifest, snapshots, dims, n_examples, dtype)
-        if (path / MANIFEST).exists():
-            existing = cls._read_manifest(path)
-            diffs = _diff({k: v for k, v in existing.items() if k not in PROGRESS_KEYS},
-                          {k: v for k, v in full.items() if k not in PROGRESS_KEYS})
-            if not diffs:
-                return cls.open(path, mode="r+")
-            if not overwrite:
-                raise ValueError(f"{path} holds a gradient datastore built differently (pass overwrite=True to "
-                                 "replace it): " + "; ".join(diffs))
-            cls._remove(path)
-        elif path.exists() and any(path.iterdir()):
-            raise FileExistsError(f"{path} is not empty and holds no {MANIFEST}; refusing to write a datastore there")
+        full = build_manifest(manifest, snapshots, dims, n_examples, dtype)
+        with lock_for_writer(path, WRITER) as lock:
+            if (path / MANIFEST).exists():
+                try:
+                    existing = read_manifest(path)
+                except InputError:
+                    if not overwrite:
+                        raise
+                    existing = None
+                if existing is not None:
+                    diffs = diff(without(existing, PROGRESS_KEYS), without(full, PROGRESS_KEYS))
+                    if not diffs:
+                        try:
+                            return cls(path, existing, "r+", lock)  # resume
+                        except InputError:
+                            if not overwrite:
+                                raise
+                    elif not overwrite:
+                        raise IncompatibleError(f"{path} holds a gradient datastore built differently (pass "
+                                                "overwrite=True to replace it): " + "; ".join(diffs))
+            return cls._create_locked(path, full, lock)
 
-        for snap in full["snapshots"]:
-            (path / "features" / snap).mkdir(parents=True, exist_ok=True)
-            for dim in full["dims"]:
-                np.lib.format.open_memmap(path / "features" / snap / f"dim_{dim}.npy", mode="w+",
-                                          dtype=np.dtype(dtype), shape=(n_examples, dim)).flush()
-            (path / "done").mkdir(exist_ok=True)
-            np.lib.format.open_memmap(path / "done" / f"{snap}.npy", mode="w+", dtype=np.bool_,
-                                      shape=(n_examples,)).flush()
-        _write_json_atomic(path / MANIFEST, full)  # last: a manifest implies complete arrays
-        return cls(path, full, "r+")
+    @classmethod
+    def replace(cls, path: str | os.PathLike, manifest: Mapping[str, Any], snapshots: Sequence[str],
+                dims: Sequence[int], n_examples: int, dtype: str = "float16", overwrite: bool = False) -> GradientDatastore:
+        """Create a new, empty store at ``path`` (never resume); an existing one is refused unless ``overwrite``.
+
+        Arguments as :meth:`create`.
+
+        Raises:
+            FileExistsError: ``path`` holds a store and ``overwrite`` is False.
+        """
+        path = Path(path)
+        full = build_manifest(manifest, snapshots, dims, n_examples, dtype)
+        with lock_for_writer(path, WRITER) as lock:
+            if (path / MANIFEST).exists() and not overwrite:
+                raise FileExistsError(f"{path} already holds a datastore; pass overwrite=True to replace it")
+            return cls._create_locked(path, full, lock)
+
+    @classmethod
+    def _create_locked(cls, path: Path, full: dict[str, Any], lock: DirectoryLock) -> GradientDatastore:
+        """Build a fresh store at ``path`` (whose lock the caller holds), replacing a store there."""
+        if path.exists():
+            # Without a manifest, only what a creation killed halfway leaves may be replaced; anything else is not ours.
+            foreign = sorted(p.name for p in path.iterdir() if p.name not in (MANIFEST, "features", "done")
+                             and not (p.name.startswith(f".{MANIFEST}.") and p.name.endswith(".tmp")))
+            if foreign and not (path / MANIFEST).exists():
+                raise FileExistsError(f"{path} is not empty ({foreign[:3]}) and holds no {MANIFEST}; refusing to "
+                                      "write a datastore there")
+            cls._remove(path)
+            remove_temps(path, f".{MANIFEST}.", ".tmp")  # left by a writer killed while replacing the manifest
+        n, dtype = full["n_examples"], np.dtype(full["dtype"])
+        files = [(path / "features" / s / f"dim_{d}.npy", (n, d), dtype) for s in full["snapshots"] for d in full["dims"]]
+        files += [(path / "done" / f"{s}.npy", (n,), np.dtype(np.bool_)) for s in full["snapshots"]]
+        try:
+            for file, shape, file_dtype in files:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                allocate_npy(file, shape, file_dtype)
+            write_json_atomic(path / MANIFEST, full)  # last: a manifest implies complete arrays
+        except BaseException as err:
+            cls._remove(path)  # nothing half-made is left to look like a store
+            if not isinstance(err, OSError) or err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            need = sum(npy_size(shape, file_dtype) for _, shape, file_dtype in files)
+            raise DiskFullError(f"not enough disk space for the gradient datastore {path}: it needs "
+                                f"{human_bytes(need)} ({need} bytes) in {len(files)} files ({err}). Free space or "
+                                "choose another output directory, then rerun; nothing was kept.") from None
+        return cls(path, full, "r+", lock)
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> GradientDatastore:
-        """Open an existing store read-only (``"r"``) or to continue writing (``"r+"``)."""
+        """Open an existing store read-only (``"r"``) or to continue writing (``"r+"``, locked).
+
+        Raises:
+            MissingInputError: no store at ``path``.
+            InputError: a file of the store is corrupt (truncated, unreadable, wrong
+                shape or dtype); the message names it.
+            LockedError: ``mode="r+"`` while another writer holds the store.
+        """
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
         path = Path(path)
-        return cls(path, cls._read_manifest(path), mode)
+        if mode == "r":
+            return cls(path, read_manifest(path), mode)
+        with lock_for_writer(path, WRITER) as lock:
+            return cls(path, read_manifest(path), mode, lock)
 
-    @staticmethod
-    def _build_manifest(manifest: Mapping[str, Any], snapshots: Sequence[str], dims: Sequence[int],
-                        n_examples: int, dtype: str) -> dict[str, Any]:
-        owned = {"format_version", "snapshots", "dims", "dtype", "n_examples", "library_version", *PROGRESS_KEYS}
-        clash = sorted(owned & set(manifest))
-        if clash:
-            raise ValueError(f"manifest keys {clash} are set by the datastore; pass them as arguments")
-        for key in ("feature_kind", "projector"):
-            if key not in manifest:
-                raise ValueError(f"the manifest must record {key!r}")
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-        snapshots, dims = list(snapshots), [int(d) for d in dims]
-        if not snapshots or len(set(snapshots)) != len(snapshots) or not all(map(_SNAPSHOT_NAME.match, snapshots)):
-            raise ValueError(f"snapshots must be distinct, non-empty names of letters, digits, '._-': {snapshots}")
-        if not dims or len(set(dims)) != len(dims) or min(dims) <= 0:
-            raise ValueError(f"dims must be distinct positive integers: {dims}")
-        if n_examples <= 0:
-            raise ValueError(f"n_examples must be positive, got {n_examples}")
-        return _normalise({
-            **manifest, "format_version": FORMAT_VERSION, "snapshots": snapshots, "dims": dims, "dtype": dtype,
-            "n_examples": int(n_examples), "library_version": _library_version(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "complete": False,
-        })
+    def close(self) -> None:
+        """Flush, stop writing and release the lock (reading stays possible); idempotent."""
+        if self.mode == "r+":
+            for arr in [*self._arrays.values(), *self._done.values()]:
+                arr.flush()
+            self.mode = "r"
+        if self._lock is not None:
+            self._lock.release()
 
-    @staticmethod
-    def _read_manifest(path: Path) -> dict[str, Any]:
-        try:
-            manifest = json.loads((path / MANIFEST).read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path} is not a gradient datastore (no {MANIFEST})") from None
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(f"{path}: datastore format_version {version!r}, this library reads {FORMAT_VERSION}")
-        return manifest
+    def __enter__(self) -> GradientDatastore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @staticmethod
     def _remove(path: Path) -> None:
         # Only what a store owns; other files in the directory are left alone.
-        import shutil
-
         (path / MANIFEST).unlink(missing_ok=True)  # first: a half-removed store is no store
         for sub in ("features", "done"):
             shutil.rmtree(path / sub, ignore_errors=True)
@@ -268,7 +268,7 @@ class GradientDatastore:
 
     def _require_writable(self) -> None:
         if self.mode != "r+":
-            raise PermissionError(f"{self.path} is open read-only")
+            raise PermissionError(f"{self.path} is open read-only (or was closed)")
         if self._manifest.get("complete"):
             raise PermissionError(f"{self.path} is complete; create a new store instead of changing it")
 
@@ -342,7 +342,10 @@ class GradientDatastore:
         if not allow_incomplete and not (self.is_complete() and self._done[snapshot].all()):
             raise RuntimeError(f"{self.path} is not complete ({self.pending(snapshot).size} rows of {snapshot!r} "
                                "pending, or never finalized); finish the gradient pass first")
-        return np.load(self._feature_path(snapshot, dim), mmap_mode="r")
+        arr = self._arrays[snapshot, dim]
+        if arr.mode == "r":
+            return arr  # checked when the store was opened
+        return open_npy(self._feature_path(snapshot, dim), (self.n_examples, dim), self.dtype, "r", REBUILD)
 
     def finalize(self) -> None:
         """Flush everything and mark the store complete (atomically).
@@ -361,11 +364,13 @@ class GradientDatastore:
         for done in self._done.values():
             done.flush()
         self._manifest["complete"] = True
-        _write_json_atomic(self.path / MANIFEST, self._manifest)
+        write_json_atomic(self.path / MANIFEST, self._manifest)
+        if self._lock is not None:
+            self._lock.release()  # complete: nothing more to write, another process may read or replace it
 
     def check_compatible(self, other: GradientDatastore | Mapping[str, Any],
                          keys: Sequence[str] | None = SCORING_KEYS) -> None:
-        """Raise ``ValueError`` naming every differing key (with both values).
+        """Raise :class:`IncompatibleError` (a ``ValueError``) naming every differing key (with both values).
 
         Args:
             other: a store or a manifest.
@@ -373,70 +378,19 @@ class GradientDatastore:
                 store and a target store can differ in ``feature_kind``, data files and
                 size); ``None`` compares everything but progress keys.
         """
-        theirs = other.manifest if isinstance(other, GradientDatastore) else _normalise(other)
+        theirs = other.manifest if isinstance(other, GradientDatastore) else normalise(other)
         mine = self._manifest
         if keys is None:
             keys = sorted((set(mine) | set(theirs)) - PROGRESS_KEYS)
         sub = lambda m: {k: m.get(k, "<missing>") for k in keys}  # noqa: E731
-        diffs = _diff(sub(mine), sub(theirs))
+        diffs = diff(sub(mine), sub(theirs))
         if diffs:
-            raise ValueError(f"incompatible gradient datastores ({self.path} vs other): " + "; ".join(diffs))
+            raise IncompatibleError(f"incompatible gradient datastores ({self.path} vs other): " + "; ".join(diffs))
 
-    # ----------------------------------------------------------------- merge
     @staticmethod
     def merge_shards(shard_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike,
                      overwrite: bool = False) -> GradientDatastore:
-        """Merge per-rank shard stores into one complete store (DDP gradient pass).
+        """See :func:`lightning_less.stores.merge.merge_shards`."""
+        from lightning_less.stores.merge import merge_shards
 
-        Every shard has the same manifest (except progress keys and a ``shard`` entry)
-        and its own done masks; together they must cover every row of every snapshot
-        exactly once. Rows are copied byte for byte, so the result equals a
-        one-process run.
-
-        Args:
-            shard_paths: the shard stores (any order).
-            out_path: the merged store; an existing store there is refused unless ``overwrite``.
-            overwrite: replace an existing store at ``out_path``.
-
-        Returns:
-            The merged, complete store (writable handle; reopen with :meth:`open` to read).
-
-        Raises:
-            ValueError: incompatible shards, rows done in two shards, or rows done in none.
-            FileExistsError: ``out_path`` holds a store and ``overwrite`` is False.
-        """
-        shards = [GradientDatastore.open(p) for p in shard_paths]
-        if not shards:
-            raise ValueError("no shards to merge")
-        first = shards[0]
-        ignore = PROGRESS_KEYS | {"shard"}
-        base = {k: v for k, v in first.manifest.items() if k not in ignore}
-        for shard in shards[1:]:
-            diffs = _diff(base, {k: v for k, v in shard.manifest.items() if k not in ignore})
-            if diffs:
-                raise ValueError(f"shard {shard.path} differs from {first.path}: " + "; ".join(diffs))
-        for snap in first.snapshots:
-            count = np.sum([s._done[snap] for s in shards], axis=0)
-            if (count > 1).any():
-                raise ValueError(f"rows {np.flatnonzero(count > 1)[:10].tolist()} of {snap!r} are done in several shards")
-            if (count == 0).any():
-                raise ValueError(f"rows {np.flatnonzero(count == 0)[:10].tolist()} of {snap!r} are done in no shard")
-        out_path = Path(out_path)
-        if (out_path / MANIFEST).exists():
-            if not overwrite:
-                raise FileExistsError(f"{out_path} already holds a datastore; pass overwrite=True to replace it")
-            GradientDatastore._remove(out_path)
-        user = {k: v for k, v in base.items() if k not in {"format_version", "snapshots", "dims", "dtype",
-                                                              "n_examples", "library_version"}}
-        out = GradientDatastore.create(out_path, user, first.snapshots, first.dims, first.n_examples, first.dtype)
-        for shard in shards:
-            for snap in first.snapshots:
-                rows = np.flatnonzero(shard._done[snap])
-                for start in range(0, rows.size, _COPY_ROWS):
-                    part = rows[start : start + _COPY_ROWS]
-                    for dim in first.dims:
-                        out._arrays[snap, dim][part] = shard._arrays[snap, dim][part]
-                        out._written[snap, dim][part] = True
-                    out.mark_done(snap, part)
-        out.finalize()
-        return out
+        return merge_shards(shard_paths, out_path, overwrite=overwrite)

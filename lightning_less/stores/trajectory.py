@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lightning_less.data.records import file_sha256
+from lightning_less.errors import IncompatibleError, MissingInputError
 from lightning_less.stores.datastore import GradientDatastore
 
 FEATURE_KIND = "loss"
@@ -62,19 +63,20 @@ class TrajectoryStore:
         self.path = Path(path)
 
     def open(self) -> GradientDatastore:
+        """The underlying store, read-only; every file checked (errors name a truncated or corrupt one)."""
         store = GradientDatastore.open(self.path)
         m = store.manifest
         if m.get("feature_kind") != FEATURE_KIND or store.dims != [LOSS_DIM]:
-            raise ValueError(f"{self.path} is not a loss-trajectory store (feature_kind={m.get('feature_kind')!r}, "
+            raise IncompatibleError(f"{self.path} is not a loss-trajectory store (feature_kind={m.get('feature_kind')!r}, "
                              f"dims={store.dims})")
         return store
 
     def read(self) -> tuple[np.ndarray, dict[str, Any]]:
         """The trajectories and the manifest; raises if the store is missing or unfinished."""
         if not (self.path / "manifest.json").exists():
-            raise FileNotFoundError(f"{self.path} is not a trajectory store (no manifest.json)")
+            raise MissingInputError(f"{self.path} is not a trajectory store (no manifest.json)")
         if (self.path / "trajectories.npy").exists():
-            raise ValueError(f"{self.path} is a trajectory store of an older format (trajectories.npy); record it again")
+            raise IncompatibleError(f"{self.path} is a trajectory store of an older format (trajectories.npy); record it again")
         store = self.open()
         if not store.is_complete():
             pending = {s: int(store.pending(s).size) for s in store.snapshots}
@@ -95,18 +97,17 @@ class TrajectoryStore:
         bad = ~undefined & ~np.isfinite(x).all(axis=1)
         if bad.any():
             raise ValueError(f"non-finite losses (a diverged proxy?) for indices {np.flatnonzero(bad)[:10].tolist()}")
-        if (self.path / "manifest.json").exists():
-            if not overwrite:
-                raise FileExistsError(f"{self.path} already holds a store; pass overwrite=True to replace it")
-            GradientDatastore._remove(self.path)
         full = {**manifest, "feature_kind": FEATURE_KIND, "projector": NO_PROJECTOR,
                 "excluded_indices": np.flatnonzero(undefined).tolist()}
-        store = GradientDatastore.create(self.path, full, list(checkpoints), [LOSS_DIM], x.shape[0], dtype="float32")
-        rows = np.arange(x.shape[0])
-        for j, name in enumerate(checkpoints):
-            store.write(name, LOSS_DIM, rows, np.where(undefined, 0.0, x[:, j])[:, None])
-            store.mark_done(name, rows)
-        store.finalize()
+        # Locked, allocated in full, manifest last: a killed or failed write leaves no complete-looking store.
+        store = GradientDatastore.replace(self.path, full, list(checkpoints), [LOSS_DIM], x.shape[0], dtype="float32",
+                                          overwrite=overwrite)
+        with store:
+            rows = np.arange(x.shape[0])
+            for j, name in enumerate(checkpoints):
+                store.write(name, LOSS_DIM, rows, np.where(undefined, 0.0, x[:, j])[:, None])
+                store.mark_done(name, rows)
+            store.finalize()
         return store
 
     @staticmethod

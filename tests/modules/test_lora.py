@@ -113,8 +113,8 @@ def test_fit_on_bad_input_names_file_and_line_and_writes_nothing(tmp_path):
         f.write('{"prompt": "no completion here"}\n')
     run = tmp_path / "run"
     with pytest.raises(RecordError, match=rf"{bad}:4: missing field 'completion'"):
-        main([
-            "fit", "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.logger=false",
+        main([  # --debug: the exception itself, not the CLI's one-paragraph message and exit status 2
+            "fit", "--debug", "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.logger=false",
             "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={run}",
             "--trainer.callbacks+=lightning_less.GradientFeatureCallback", f"--trainer.callbacks.dirpath={run}/snapshots",
             "--model=lightning_less.LoRAInstructionTuningModule", "--model.lora_r=4", f"--model.adapter_dir={run}/adapter",

@@ -1,4 +1,4 @@
-"""The built-in demo end to end (about 2 minutes on 2 CPU cores: marked slow)."""
+"""The built-in demo end to end (about 2 minutes on 2 idle CPU cores: marked slow)."""
 
 import json
 
@@ -8,8 +8,10 @@ from lightning_less.cli import main
 
 
 @pytest.mark.slow
-def test_demo_writes_results_for_every_method(tmp_path):
+def test_demo_writes_results_for_every_method(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
     main(["demo", "--output", str(tmp_path), "--seed", "0"])
+    printed = capsys.readouterr().out
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"less", "random", "full", "bm25", "dsir", "rds", "s2l"} <= set(results)
     for row in results.values():
@@ -17,6 +19,11 @@ def test_demo_writes_results_for_every_method(tmp_path):
     assert results["less"]["target_share"] > 2 * results["random"]["target_share"]
     assert results["less"]["target_loss"] < results["random"]["target_loss"]
     assert results["full"]["target_share"] == pytest.approx(0.05)
+    # The table is printed once, on stdout, with every method's row.
+    assert printed.count("lightning-less demo: target task") == 1
+    rows = {line.split("│")[1].strip(): line for line in printed.splitlines() if line.count("│") > 2}
+    assert set(results) <= set(rows)
+    assert f"{results['less']['target_loss']:.3f}" in rows["less"]
 
 
 def test_demo_and_compare_count_target_share_by_one_rule(tmp_path):
@@ -31,10 +38,8 @@ def test_demo_and_compare_count_target_share_by_one_rule(tmp_path):
     pool, targets = read_records(paths["pool"]), read_records([paths["targets"]])
     chosen = np.random.default_rng(0).choice(len(pool), 60, replace=False)
     # Independent truth: the generator's own "task" field of each raw record.
-    tasks = [json.loads(line)["task"] for p in paths["pool"] for line in open(p)]
     by_id = {json.loads(line)["id"]: json.loads(line)["task"] for p in paths["pool"] for line in open(p)}
     truth = np.mean([by_id[pool[i].id] == "last_letter" for i in chosen])
-    assert len(tasks) == len(pool)
     demo_share = target_share([pool[i] for i in chosen], demo_relevance("last_letter"))
     measured = measure_selections(pool, targets, {"x": chosen}, ShareSettings(target_source_regex="^last_letter_(en|es)$"))
     assert demo_share == measured["rows"]["x"]["target_share"] == pytest.approx(truth)

@@ -1,16 +1,22 @@
-"""The whole LESS pipeline on a tiny pool: runs, skips finished steps, refuses stale ones."""
+"""The whole LESS pipeline on a tiny pool: runs, skips finished steps, refuses stale ones, checks inputs first."""
 
+import json
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from lightning_less.errors import InputError, MissingInputError
 from lightning_less.recipes.pipeline import (
     FeatureSettings,
     SelectionSettings,
     StaleOutputError,
     TrainSettings,
     WarmupSettings,
+    run_features,
     run_pipeline,
+    train_and_evaluate,
 )
 from lightning_less.selection.outputs import read_selection
 from lightning_less.data.records import read_records
@@ -63,15 +69,83 @@ def test_pipeline_runs_then_skips_then_refuses_stale(tmp_path, monkeypatch):
 
     # Other settings on the same output are refused, never silently mixed.
     settings = _settings()
-    settings["warmup"].epochs = 3
+    settings["warmup"] = replace(settings["warmup"], epochs=3)
     with pytest.raises(StaleOutputError, match="other settings"):
         run_pipeline(pool=[str(a), str(b)], targets=[str(t)], output=str(out), eval=[str(t)], max_length=64, seed=0, **settings)
 
 
 def test_selection_follows_the_target_task(tmp_path):
     a, b, t = _pool(tmp_path)
-    result = run_pipeline(pool=[str(a), str(b)], targets=[str(t)], output=str(tmp_path / "run"), max_length=64, seed=0, skip_training=True, **_settings())
+    # A single target file may be given as a path rather than a list.
+    result = run_pipeline(pool=[str(a), str(b)], targets=str(t), output=str(tmp_path / "run"), max_length=64, seed=0, skip_training=True, **_settings())
     pool = read_records([str(a), str(b)])
     sel = read_selection(result["selection"])
     share = np.mean([pool[i].source == "upper" for i in sel.selected])
     assert share > 0.25  # the pool's share of the target task is 0.25
+
+
+def _run(tmp_path, **overrides):
+    a, b, t = _pool(tmp_path)
+    kwargs = dict(pool=[str(a), str(b)], targets=[str(t)], output=str(tmp_path / "run"), max_length=64, seed=0,
+                  **_settings())
+    kwargs.update(overrides)
+    return run_pipeline(**kwargs)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"selection": SelectionSettings(count=41)}, "count 41 exceeds the pool size 40"),
+    ({"selection": SelectionSettings(fraction=1.5)}, r"fraction must be in \(0, 1\]"),
+    ({"selection": SelectionSettings(fraction=0.1, count=3)}, "exactly one"),
+    ({"warmup": WarmupSettings(fraction=0.0)}, "--warmup.fraction"),
+    ({"features": FeatureSettings(projector="trak")}, "--features.projector"),
+    ({"features": FeatureSettings(dims=[64]), "selection": SelectionSettings(dim=32)}, "--selection.dim"),
+    ({"selection": SelectionSettings(aggregation="max")}, "--selection.aggregation"),
+    ({"model": "builtin:tiny-llama-huge"}, "--model"),
+])
+def test_bad_settings_fail_before_the_warmup(tmp_path, monkeypatch, overrides, match):
+    import lightning.pytorch as pl
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a step started before the inputs were checked")
+
+    monkeypatch.setattr(pl.Trainer, "fit", boom)
+    with pytest.raises(InputError, match=match):
+        _run(tmp_path, **overrides)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_files_fail_before_the_warmup(tmp_path):
+    a, b, t = _pool(tmp_path)
+    with pytest.raises(MissingInputError, match="--targets: .*nope.jsonl does not exist"):
+        _run(tmp_path, targets=[str(tmp_path / "nope.jsonl")])
+    bad = tmp_path / "eval.jsonl"
+    bad.write_text('{"prompt": "p", "completion": "c"}\n{"prompt": "p"\n')
+    with pytest.raises(InputError, match="eval.jsonl:2: malformed JSON"):
+        _run(tmp_path, eval=[str(bad)])
+    # Some targets with a subtask and some without would silently group the latter by source.
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(t.read_text() + json.dumps({"prompt": "upper q", "completion": "Q"}) + "\n")
+    with pytest.raises(InputError, match="mixed.jsonl:4: this target has no 'subtask'"):
+        _run(tmp_path, targets=[str(mixed)])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_step_before_the_step_it_needs_names_what_to_run_first(tmp_path):
+    a, b, t = _pool(tmp_path)
+    (tmp_path / "snapshots").mkdir()
+    with pytest.raises(MissingInputError, match="no warmup snapshot .* run the warmup first"):
+        run_features([str(a)], tmp_path / "snapshots", tmp_path / "features", "adam", "builtin:tiny-llama",
+                     FeatureSettings(), 64)
+    with pytest.raises(MissingInputError, match="holds no selection .* run the selection first"):
+        train_and_evaluate(tmp_path / "selection", None, tmp_path / "train", "builtin:tiny-llama", TrainSettings(), 64, 0)
+    assert not (tmp_path / "features").exists() and not (tmp_path / "train").exists()
+
+
+def test_settings_are_the_papers_defaults_and_frozen():
+    # The LESS paper's setting (Xia et al., 2024), independent of the dataclasses' own text.
+    assert (WarmupSettings().fraction, WarmupSettings().epochs, WarmupSettings().lora_r, WarmupSettings().lora_alpha) == (0.05, 4, 128, 512)
+    assert WarmupSettings().lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert FeatureSettings().dims == [8192] and SelectionSettings().aggregation == "max_subtask_mean"
+    with pytest.raises(AttributeError):  # a shared default instance must not be edited in place
+        WarmupSettings().epochs = 3
+

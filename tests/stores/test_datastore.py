@@ -146,6 +146,7 @@ def test_complete_store_is_read_only(tmp_path):
 def test_incompatible_store_is_refused_not_reused(tmp_path, change, key):
     store = create(tmp_path / "s")
     fill(store, np.arange(4))
+    store.close()  # one writer at a time: the next create must not find this one still open
     with pytest.raises(ValueError, match=key) as err:
         create(tmp_path / "s", **change)
     assert "overwrite" in str(err.value)

@@ -1,0 +1,90 @@
+"""What the recipes' steps share: finished-step markers and the Trainer they run under.
+
+Each step writes into its own directory with a ``step.json`` marker holding the step's
+settings and a fingerprint of them. A step whose marker matches is skipped; one whose
+marker differs is refused (stale output) unless ``overwrite`` is set, so a result is never
+silently reused with other settings. A directory without a marker is an interrupted step
+and is started again from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from lightning_less.errors import StaleOutputError
+
+STEP_FILE = "step.json"
+
+
+def fingerprint(settings: dict) -> str:
+    """A short, order-independent hash of a step's settings (JSON-able values)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def step_done(path: Path, settings: dict, overwrite: bool) -> bool:
+    """Whether the step in ``path`` already finished with these settings.
+
+    Args:
+        path: the step's directory.
+        settings: everything the step's result depends on.
+        overwrite: remove a result made with other settings instead of refusing it.
+
+    Returns:
+        True when ``path`` holds a finished result of these settings; False when the step
+        must run (``path`` is then absent: an unfinished or overwritten result is removed).
+
+    Raises:
+        StaleOutputError: ``path`` holds a result made with other settings and not ``overwrite``.
+    """
+    marker = path / STEP_FILE
+    if marker.exists():
+        recorded = json.loads(marker.read_text())
+        if recorded.get("fingerprint") == fingerprint(settings):
+            return True
+        if not overwrite:
+            raise StaleOutputError(
+                f"{path} holds results made with other settings ({marker}); pass --overwrite true "
+                "(overwrite=True) to redo the step, or choose another output directory"
+            )
+    if path.exists() and (overwrite or not marker.exists()):
+        # An unfinished step (no marker) or one to redo: start clean, never mix.
+        shutil.rmtree(path)
+    return False
+
+
+def mark_done(path: Path, settings: dict, result: dict | None = None) -> None:
+    """Write the step's marker (atomically, last): its settings, their fingerprint and its result."""
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / f".{STEP_FILE}.tmp"
+    record = {"fingerprint": fingerprint(settings), "settings": settings, "result": result or {}}
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, path / STEP_FILE)
+
+
+def step_result(path: Path) -> dict:
+    """The ``result`` a finished step recorded in its marker."""
+    return json.loads((path / STEP_FILE).read_text()).get("result", {})
+
+
+def make_trainer(trainer_kwargs: dict[str, Any] | None, **kwargs: Any) -> pl.Trainer:
+    """A Trainer for one step: no logger, checkpoints or model summary unless ``trainer_kwargs`` asks.
+
+    Args:
+        trainer_kwargs: the user's Trainer arguments (e.g. accelerator, precision); they
+            override the quiet defaults.
+        **kwargs: the step's own arguments (e.g. ``max_epochs``); they override both.
+    """
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False}
+    return pl.Trainer(**{**quiet, **(trainer_kwargs or {}), **kwargs})

@@ -1,0 +1,123 @@
+"""The manifest of a gradient datastore: building it, reading it back whole, comparing two.
+
+A manifest is refused by name when it is truncated, not UTF-8, not a JSON object, lacks
+a key the store owns, or describes an impossible layout, so that a damaged store is an
+:class:`~lightning_less.errors.InputError` that says to rebuild it, never a
+``JSONDecodeError`` traceback or a ``KeyError`` deep inside the library.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lightning_less.errors import IncompatibleError, InputError, MissingInputError
+from lightning_less.stores.files import read_json
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+#: Keys that change with progress or time, not with what the store contains.
+PROGRESS_KEYS = frozenset({"complete", "created"})
+#: Keys that must agree between a pool store and a target store to be scored together.
+SCORING_KEYS = ("format_version", "projector", "dims", "snapshots")
+#: Keys the store itself sets (and checks when it opens one).
+OWNED_KEYS = ("format_version", "snapshots", "dims", "dtype", "n_examples", "library_version")
+DTYPES = ("float16", "float32")
+_SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: What to do about a corrupt store, in every message that refuses one.
+REBUILD = "Rerun the pass that writes it with overwrite=True (--overwrite true) to rebuild it."
+
+
+def _library_version() -> str:
+    from lightning_less.version import __version__
+
+    return __version__
+
+
+def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON-like values differ, with both values."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in a or key not in b:
+                out.append(f"{name}: {a.get(key, '<missing>')!r} != {b.get(key, '<missing>')!r}")
+            else:
+                out.extend(diff(a[key], b[key], name))
+        return out
+    return [] if a == b else [f"{prefix}: {a!r} != {b!r}"]
+
+
+def without(manifest: Mapping[str, Any], keys: frozenset[str] | set[str]) -> dict[str, Any]:
+    """The manifest less ``keys`` (progress keys, a shard entry...)."""
+    return {k: v for k, v in manifest.items() if k not in keys}
+
+
+def normalise(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON round trip, so tuples and numpy scalars compare like the stored manifest."""
+    return json.loads(json.dumps(manifest, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def layout_problem(snapshots: Any, dims: Any, n_examples: Any, dtype: Any) -> str | None:
+    """What is wrong with a store's shape description, or None (shared by create and open)."""
+    if not isinstance(snapshots, list) or not snapshots or len(set(map(str, snapshots))) != len(snapshots) \
+            or not all(isinstance(s, str) and _SNAPSHOT_NAME.match(s) for s in snapshots):
+        return f"snapshots must be distinct, non-empty names of letters, digits, '._-': {snapshots}"
+    if not isinstance(dims, list) or not dims or len(set(dims)) != len(dims) \
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+        return f"dims must be distinct positive integers: {dims}"
+    if not isinstance(n_examples, int) or isinstance(n_examples, bool) or n_examples <= 0:
+        return f"n_examples must be a positive integer, got {n_examples!r}"
+    if dtype not in DTYPES:
+        return f"dtype must be one of {DTYPES}, got {dtype!r}"
+    return None
+
+
+def build_manifest(manifest: Mapping[str, Any], snapshots: Sequence[str], dims: Sequence[int],
+                   n_examples: int, dtype: str) -> dict[str, Any]:
+    """The full manifest of a new store: the caller's keys plus the ones the store owns.
+
+    Raises:
+        ValueError: the caller sets a key the store owns, misses ``feature_kind`` or
+            ``projector``, or the layout is impossible.
+    """
+    clash = sorted({*OWNED_KEYS, *PROGRESS_KEYS} & set(manifest))
+    if clash:
+        raise ValueError(f"manifest keys {clash} are set by the datastore; pass them as arguments")
+    for key in ("feature_kind", "projector"):
+        if key not in manifest:
+            raise ValueError(f"the manifest must record {key!r}")
+    snapshots, dims = list(snapshots), [int(d) for d in dims]
+    problem = layout_problem(snapshots, dims, int(n_examples), dtype)
+    if problem:
+        raise ValueError(problem)
+    return normalise({
+        **manifest, "format_version": FORMAT_VERSION, "snapshots": snapshots, "dims": dims, "dtype": dtype,
+        "n_examples": int(n_examples), "library_version": _library_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "complete": False,
+    })
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the store at ``path``, checked.
+
+    Raises:
+        MissingInputError: no manifest (not a store).
+        InputError: the manifest is damaged (named, with what to do).
+        IncompatibleError: another format version.
+    """
+    try:
+        manifest = read_json(path / MANIFEST, REBUILD, required=OWNED_KEYS)
+    except FileNotFoundError:
+        raise MissingInputError(f"{path} is not a gradient datastore (no {MANIFEST})") from None
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IncompatibleError(f"{path}: datastore format_version {version!r}, this library reads {FORMAT_VERSION}")
+    problem = layout_problem(manifest["snapshots"], manifest["dims"], manifest["n_examples"], manifest["dtype"])
+    if problem:
+        raise InputError(f"{path / MANIFEST} is corrupt or incomplete: {problem}. {REBUILD}")
+    return manifest
