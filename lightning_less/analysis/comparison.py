@@ -3,12 +3,14 @@
 Every selection is measured the same way, from the ``source`` of its examples:
 
 * ``k``: the number of examples selected (``full`` always takes the whole pool);
-* ``target_share``: the share of the selected examples whose ``source`` is one of the
-  *target sources*, beside ``pool_share``, the same share over the whole pool (what a
-  uniform sample gets on average). The target sources default to the target records'
+* ``target_share``: the share of the selected examples that the relevance rule
+  (:class:`TargetRule`, :func:`target_share`) counts as the target task, beside
+  ``pool_share``, the same share over the whole pool (what a uniform sample gets on
+  average). A record is relevant when its ``source`` is one of the *target sources* or
+  matches ``target_source_regex``; the target sources default to the target records'
   own ``source`` values (their ``dataset`` / ``source`` field, else the target file's
-  name stem); pass ``target_sources`` when the targets are named differently from the
-  pool sources of the target task;
+  name stem) when neither is given. The built-in demo measures with the same rule
+  (its task rule ``^<task>_(en|es)$``);
 * ``form_share`` (with ``target_form``, a regular expression searched in ``source``,
   e.g. ``_es$``): the share of the selection in the targets' surface form, whatever
   the task, beside ``pool_form_share``;
@@ -31,7 +33,7 @@ import io
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
@@ -87,11 +89,53 @@ def top_composition(sources: Sequence[str], n: int) -> list[dict[str, Any]]:
     return [{"source": s, "count": c, "share": c / len(sources)} for s, c in counts[:n]]
 
 
-def measure(sources: Sequence[str], target_sources: set[str], form: re.Pattern | None,
+@dataclass(frozen=True)
+class TargetRule:
+    """The relevance rule: which records count as the target task (``relevant(record) -> bool``)."""
+
+    sources: frozenset[str] = frozenset()
+    """``source`` values that count as the target task."""
+    pattern: re.Pattern | None = None
+    """A regex searched in ``source``: a match counts as the target task."""
+
+    def source_is_target(self, source: str) -> bool:
+        """Whether a record of this ``source`` counts as the target task."""
+        return source in self.sources or (self.pattern is not None and self.pattern.search(source) is not None)
+
+    def __call__(self, record: Record) -> bool:
+        return self.source_is_target(record.source)
+
+    def describe(self) -> dict[str, Any]:
+        """The rule as recorded in results (``target_sources``, ``target_source_regex``)."""
+        return {"target_sources": sorted(self.sources), "target_source_regex": self.pattern.pattern if self.pattern else None}
+
+
+def target_rule(target_sources: Sequence[str] | None = None, target_source_regex: str | None = None,
+                targets: Sequence[Record] = ()) -> TargetRule:
+    """The relevance rule from a list of sources and/or a regex on ``source``; else the ``targets``' own sources.
+
+    Raises:
+        InputError: nothing to build the rule from, or a bad regex (naming its flag).
+    """
+    pattern = _compile(target_source_regex, "target_source_regex")
+    if target_sources is None and pattern is None:
+        if not targets:
+            raise InputError("give --targets, --target_sources or --target_source_regex (the pool sources of the target task)")
+        target_sources = [r.source for r in targets]
+    return TargetRule(frozenset(target_sources or ()), pattern)
+
+
+def target_share(records: Sequence[Record], relevant: Callable[[Record], bool]) -> float:
+    """The share of ``records`` that ``relevant`` counts as the target task (0.0 for none): one definition for
+    ``compare`` and ``demo``."""
+    return share([relevant(r) for r in records])
+
+
+def measure(sources: Sequence[str], rule: TargetRule, form: re.Pattern | None,
             groups: re.Pattern | None, group_labels: Sequence[str], top_sources: int) -> dict[str, Any]:
     """The shares of one set of examples given their sources."""
-    row: dict[str, Any] = {"k": len(sources), "n_target": int(sum(s in target_sources for s in sources)),
-                           "target_share": share([s in target_sources for s in sources])}
+    is_target = [rule.source_is_target(s) for s in sources]
+    row: dict[str, Any] = {"k": len(sources), "n_target": int(sum(is_target)), "target_share": share(is_target)}
     if form is not None:
         row["form_share"] = share([form.search(s) is not None for s in sources])
     if groups is not None:
@@ -114,6 +158,8 @@ class ShareSettings:
 
     target_sources: list[str] | None = None
     """Pool ``source`` values that count as the target task; default: the target records' own sources."""
+    target_source_regex: str | None = None
+    """A regex searched in ``source``: matching pool records count as the target task too (e.g. ``^last_letter_``)."""
     target_form: str | None = None
     """A regex searched in ``source`` for ``form_share`` (e.g. ``_es$``)."""
     group_by_regex: str | None = None
@@ -123,38 +169,37 @@ class ShareSettings:
 
     def __post_init__(self) -> None:
         self.form, self.groups = _compile(self.target_form, "target_form"), _compile(self.group_by_regex, "group_by_regex")
+        _compile(self.target_source_regex, "target_source_regex")
         if self.top_sources < 1:
             raise InputError(f"--top_sources must be >= 1, got {self.top_sources}")
 
-    def resolve_targets(self, targets: Sequence[Record]) -> tuple[list[str], str]:
-        """The target sources and where they come from (``"targets"`` or ``"given"``)."""
-        if self.target_sources is not None:
-            return sorted(set(self.target_sources)), "given"
-        if not targets:
-            raise InputError("give --targets or --target_sources (the pool sources of the target task)")
-        return sorted({r.source for r in targets}), "targets"
+    def resolve_targets(self, targets: Sequence[Record]) -> tuple[TargetRule, str]:
+        """The relevance rule and where it comes from (``"targets"`` or ``"given"``)."""
+        given = self.target_sources is not None or self.target_source_regex is not None
+        return target_rule(self.target_sources, self.target_source_regex, targets), "given" if given else "targets"
 
 
 def measure_selections(pool: Sequence[Record], targets: Sequence[Record], selected: Mapping[str, np.ndarray],
                        settings: ShareSettings) -> dict[str, Any]:
     """The measures of every selection: ``target_sources``, ``target_sources_from``, ``pool`` and ``rows``."""
-    target_sources, sources_from = settings.resolve_targets(targets)
-    tset, pool_sources = set(target_sources), [r.source for r in pool]
-    if not tset & set(pool_sources):
-        rank_zero_warn(f"none of the target sources {target_sources} occurs in the pool: every target_share is 0 "
-                       "(pass target_sources to name the pool sources of the target task)")
+    rule, sources_from = settings.resolve_targets(targets)
+    target_sources, pool_sources = sorted(rule.sources), [r.source for r in pool]
+    if not any(rule.source_is_target(s) for s in set(pool_sources)):
+        rank_zero_warn(f"no pool source counts as the target task ({rule.describe()}): every target_share is 0 "
+                       "(pass target_sources or target_source_regex to name the pool sources of the target task)")
     form, groups = settings.form, settings.groups
     labels = sorted({group_of(s, groups) for s in pool_sources}) if groups is not None else []
-    pool_row = measure(pool_sources, tset, form, groups, labels, settings.top_sources)
+    pool_row = measure(pool_sources, rule, form, groups, labels, settings.top_sources)
     rows: dict[str, dict[str, Any]] = {}
     for method, indices in selected.items():
-        row = {"method": method, **measure([pool_sources[i] for i in indices], tset, form, groups, labels, settings.top_sources)}
+        row = {"method": method, **measure([pool_sources[i] for i in indices], rule, form, groups, labels, settings.top_sources)}
         row["pool_share"] = pool_row["target_share"]
         if form is not None:
             row["pool_form_share"] = pool_row["form_share"]
         rows[method] = row
     kept = ("target_share", "form_share", "group_shares", "composition")
-    return {"target_sources": target_sources, "target_sources_from": sources_from,
+    return {"target_sources": target_sources, "target_source_regex": rule.describe()["target_source_regex"],
+            "target_sources_from": sources_from,
             "pool": {key: pool_row[key] for key in kept if key in pool_row}, "rows": rows}
 
 

@@ -28,6 +28,14 @@ def random_word(rng: random.Random) -> str:
     return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.randint(2, 3)))
 
 
+# scenario -> share of the target task's pool examples in the targets' surface form
+SCENARIOS: dict[str, float] = {
+    # The easy case: a fifth of the target task's pool examples share the targets' form.
+    "in_form": 0.2,
+    # The LESS paper's TydiQA case: the target task exists in the pool only in the other form.
+    "cross_form": 0.0,
+}
+
 # task -> (english template, spanish template, answer function)
 TASKS: dict[str, tuple[str, str]] = {
     "first_letter": ("What is the first letter of the word {w}?", "Cual es la primera letra de la palabra {w}?"),
@@ -84,14 +92,17 @@ def generate_demo_data(
     n_targets: int = 8,
     n_eval: int = 64,
     target_pool_share: float = 0.05,
-    target_form_share: float = 0.2,
+    target_form_share: float | None = None,
+    scenario: str = "in_form",
 ) -> dict[str, list[str] | str]:
     """Write the demo's pool (3 files, 3 formats), targets, and held-out evaluation set.
 
     The pool holds every task in both surface forms; the target task makes up
     ``target_pool_share`` of it, of which only ``target_form_share`` is in the targets'
     surface form (as in the LESS paper's TydiQA case, where the target language is rare in
-    the pool but the task is common in English). Targets and evaluation examples are the target task in
+    the pool but the task is common in English). ``scenario`` picks ``target_form_share``
+    (:data:`SCENARIOS`: ``in_form`` 0.2, ``cross_form`` 0.0, the target task only in the
+    other form) unless it is given. Targets and evaluation examples are the target task in
     the target form, disjoint from the pool's prompts.
 
     Returns:
@@ -99,6 +110,12 @@ def generate_demo_data(
     """
     if target_task not in TASKS:
         raise ValueError(f"unknown target_task {target_task!r}: expected one of {sorted(TASKS)}")
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}: expected one of {sorted(SCENARIOS)}")
+    if target_form_share is None:
+        target_form_share = SCENARIOS[scenario]
+    if not 0.0 <= target_form_share <= 1.0:
+        raise ValueError(f"target_form_share must be in [0, 1], got {target_form_share}")
     if target_form not in ("en", "es"):
         raise ValueError(f"target_form must be 'en' or 'es', got {target_form!r}")
     rng = random.Random(seed)
@@ -108,7 +125,7 @@ def generate_demo_data(
     others = [t for t in TASKS if t != target_task]
     pool: list[tuple[str, str, str, str]] = []  # (task, form, prompt, answer)
     other_form = "en" if target_form == "es" else "es"
-    n_in_form = max(1, int(round(n_target * target_form_share)))
+    n_in_form = int(round(n_target * target_form_share))
     for i in range(n_target):
         form = target_form if i < n_in_form else other_form
         pool.append((target_task, form, *make_example(target_task, form, rng)))
@@ -176,6 +193,7 @@ def demo_data(
     seed: int = 0,
     pool_size: int = 2400,
     target_task: str = "last_letter",
+    scenario: str = "in_form",
 ) -> dict[str, list[str] | str]:
     """Write the built-in demo's data: a pool of 3 jsonl files in 3 formats, targets and an evaluation set.
 
@@ -185,6 +203,8 @@ def demo_data(
         pool_size: number of pool examples.
         target_task: the task the targets and evaluation examples come from (``last_letter``,
             ``first_letter``, ``uppercase``, ``reverse``, ``length``, ``add``, ``repeat``, ``bigger``).
+        scenario: ``in_form`` (a fifth of the target task's pool examples in the targets' form) or
+            ``cross_form`` (the target task only in the other form).
 
     Returns:
         The files written: ``{"pool": [3 paths], "targets": path, "eval": path}``.
@@ -193,4 +213,6 @@ def demo_data(
         raise InputError(f"--target_task: unknown task {target_task!r}; choose one of {sorted(TASKS)}")
     if pool_size < 3:  # one example per pool file at least: an empty jsonl file is refused by every reader
         raise InputError(f"--pool_size: {pool_size} is too small; give at least 3 (the pool is spread over 3 files)")
-    return generate_demo_data(output, seed=seed, pool_size=pool_size, target_task=target_task)
+    if scenario not in SCENARIOS:
+        raise InputError(f"--scenario: unknown scenario {scenario!r}; choose one of {sorted(SCENARIOS)}")
+    return generate_demo_data(output, seed=seed, pool_size=pool_size, target_task=target_task, scenario=scenario)

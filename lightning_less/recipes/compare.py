@@ -208,6 +208,7 @@ def run_comparison(
         "format_version": FORMAT_VERSION, "methods": methods, "budget": budget, "seed": request.seed,
         "inputs": {"pool": files_fingerprint(request.pool), "targets": files_fingerprint(request.targets)},
         "n_pool": len(pool), "target_sources": measured["target_sources"],
+        "target_source_regex": measured["target_source_regex"],
         "target_sources_from": measured["target_sources_from"], "target_form": shares.target_form,
         "group_by_regex": shares.group_by_regex, "pool": measured["pool"], "rows": measured["rows"],
         "jaccard": {"methods": methods, "matrix": jaccard_matrix(selected)},
@@ -228,6 +229,7 @@ def compare(
     count: int | None = None,
     seed: int = 0,
     target_sources: list[str] | None = None,
+    target_source_regex: str | None = None,
     target_form: str | None = None,
     group_by_regex: str | None = None,
     top_sources: int = 5,
@@ -268,6 +270,7 @@ def compare(
         seed: seed of every sampled method, of the S2L proxy and of training.
         target_sources: pool ``source`` (``dataset``) values that count as the target task for
             ``target_share``; default: the target records' own ``source`` values.
+        target_source_regex: a regex on ``source``: matching pool records count as the target task too.
         target_form: a regex searched in each ``source`` for an extra ``form_share`` column (e.g. ``_es$``).
         group_by_regex: a regex whose first group in ``source`` names a group; adds per-group shares.
         top_sources: how many of a selection's most frequent sources to list.
@@ -300,7 +303,7 @@ def compare(
         target_store=target_store, dim=dim, aggregation=aggregation, model=model, trajectories=trajectories,
         n_clusters=n_clusters, stratify_by_source=stratify_by_source, max_length=max_length, trainer=trainer,
     )
-    shares = ShareSettings(target_sources=target_sources, target_form=target_form, group_by_regex=group_by_regex,
+    shares = ShareSettings(target_sources=target_sources, target_source_regex=target_source_regex, target_form=target_form, group_by_regex=group_by_regex,
                            top_sources=top_sources)
     settings = (train_settings or TrainSettings()) if train else None
     return Comparison(run_comparison(request, methods, output, shares=shares, proxy=proxy, train=settings,

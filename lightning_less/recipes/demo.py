@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from lightning_less.analysis.comparison import TargetRule, target_rule, target_share
 from lightning_less.data.records import read_records
 from lightning_less.errors import InputError
 from lightning_less.recipes.pipeline import run_pipeline
@@ -28,7 +30,7 @@ from lightning_less.recipes.train import train_and_evaluate
 
 log = logging.getLogger(__name__)
 
-DEMO_METHODS = ("less", "random", "bm25", "dsir", "rds", "s2l", "full")
+DEMO_METHODS = ("less", "random", "bm25", "dsir", "rds", "rds_plus", "rds_response", "s2l", "full")
 TRAINER = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": True}
 COLUMNS = ("n_selected", "target_share", "surface_share", "target_loss", "target_exact_match")
 
@@ -36,6 +38,28 @@ COLUMNS = ("n_selected", "target_share", "surface_share", "target_loss", "target
 def task_of(source: str) -> str:
     """The demo's task name from a record's source (``<task>_<form>``)."""
     return source.rsplit("_", 1)[0]
+
+
+def demo_relevance(target_task: str) -> TargetRule:
+    """The demo's relevance rule: the target task in either surface form (``<task>_en``, ``<task>_es``).
+
+    The same :class:`~lightning_less.analysis.comparison.TargetRule` that ``compare`` uses
+    with ``target_source_regex``, so both report the same ``target_share``.
+    """
+    return target_rule(target_source_regex=f"^{re.escape(target_task)}_(en|es)$")
+
+
+def write_timings(path: Path, timings: dict[str, float]) -> None:
+    """Write ``timings.json``, keeping the first run's time of every step already recorded.
+
+    A rerun skips finished steps and takes seconds for them; the file keeps what they cost
+    when they ran (``last_run_total``: the rerun's own total).
+    """
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    merged = {**timings, **{k: v for k, v in previous.items() if k != "last_run_total"}}
+    if previous:
+        merged["last_run_total"] = timings["total"]
+    path.write_text(json.dumps(merged, indent=2))
 
 
 def build_base_model(output: Path, pretrain_file: str, seed: int, epochs: int = 2) -> str:
@@ -94,6 +118,7 @@ def demo(
     target_task: str = "last_letter",
     pool_size: int = 2400,
     fraction: float = 0.05,
+    scenario: str = "in_form",
 ) -> DemoResult:
     """Run the built-in demo: the whole LESS pipeline and the baselines on generated data, on CPU.
 
@@ -104,10 +129,12 @@ def demo(
     Args:
         output: the run directory; finished steps found there are skipped.
         seed: seed of the data, the warmup sample, every sampled method and training.
-        methods: methods to run (default: less, random, bm25, dsir, rds, s2l, full).
+        methods: methods to run (default: less, random, bm25, dsir, rds, rds_plus, rds_response, s2l, full).
         target_task: the demo task the targets come from (``last_letter``, ``first_letter``, ``uppercase``, ...).
         pool_size: number of pool examples generated.
         fraction: every method's budget as a fraction of the pool (LESS's 5%).
+        scenario: ``in_form`` (a fifth of the target task's pool examples in the targets' surface
+            form) or ``cross_form`` (the target task only in the other form, as TydiQA in the LESS paper).
     """
     from lightning_less.data.demo import generate_demo_data, generate_pretraining_data
     from lightning_less.selection.outputs import read_selection
@@ -125,7 +152,7 @@ def demo(
         since[0] = now
 
     out = Path(output)
-    data = generate_demo_data(out / "data", seed=seed, pool_size=pool_size, target_task=target_task)
+    data = generate_demo_data(out / "data", seed=seed, pool_size=pool_size, target_task=target_task, scenario=scenario)
     pretrain = generate_pretraining_data(out / "data" / "pretrain.jsonl", seed=seed, n=2000, exclude_task=target_task)
     lap("data")
     base = build_base_model(out / "base", pretrain, seed)
@@ -165,11 +192,12 @@ def demo(
                                              max_length, seed, TRAINER)
         lap(f"{method}_train")
 
+    relevant = demo_relevance(target_task)
     rows = {}
     for method in methods:
         selected = read_selection(selections[method]).selected
         rows[method] = {
-            "target_share": float(np.mean([task_of(pool[i].source) == target_task for i in selected])),
+            "target_share": target_share([pool[i] for i in selected], relevant),
             # Share of the selection in the targets' surface form (whatever the task): what word overlap follows.
             "surface_share": float(np.mean([pool[i].source.rsplit("_", 1)[1] == target_form for i in selected])),
             "target_loss": results[method]["target_loss"],
@@ -178,5 +206,5 @@ def demo(
         }
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     timings["total"] = round(time.time() - start, 2)
-    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    write_timings(out / "timings.json", timings)
     return DemoResult(rows, target_task, time.time() - start, out / "results.json")

@@ -43,3 +43,19 @@ def test_pretraining_corpus_leaves_out_the_target_task(tmp_path):
 def test_bad_demo_arguments(tmp_path):
     with pytest.raises(ValueError, match="target_task"):
         generate_demo_data(tmp_path, target_task="nope")
+
+
+@pytest.mark.parametrize("scenario,n_es,n_en", [("in_form", 24, 96), ("cross_form", 0, 120)])
+def test_scenarios_place_the_target_task_in_the_right_forms(tmp_path, scenario, n_es, n_en):
+    # 5% of 2400 = 120 target-task examples; in_form puts a fifth of them in the targets' form, cross_form none.
+    pool = read_records(generate_demo_data(tmp_path, seed=0, scenario=scenario)["pool"])
+    sources = Counter(r.source for r in pool)
+    assert (sources["last_letter_es"], sources["last_letter_en"]) == (n_es, n_en)
+    # Everything else as in the default: the other 7 tasks cycled, in blocks of 7 alternating en / es.
+    others = [r for r in pool if not r.source.startswith("last_letter_")]
+    assert len(others) == 2280 and sum(r.source.endswith("_es") for r in others) == sum((i // 7) % 2 for i in range(2280))
+
+
+def test_unknown_scenario_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="scenario"):
+        generate_demo_data(tmp_path, scenario="cross")

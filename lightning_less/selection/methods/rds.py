@@ -1,14 +1,22 @@
-"""RDS: cosine of final-layer hidden states at each example's last token, aggregated and selected as LESS (docs/algorithms.md)."""
+"""RDS: cosine of final-layer hidden states at each example's last token, aggregated and selected as LESS (docs/algorithms.md).
+
+The hidden states come from the predict pass of :mod:`lightning_less.passes.hidden_states`
+(``pooling="last"``); :mod:`~lightning_less.selection.methods.rds_plus` is the same with
+position-weighted mean pooling and round-robin over target subtasks.
+"""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from lightning_less.errors import InputError
-from lightning_less.passes.hidden_states import last_token_hidden_states
+from lightning_less.passes.hidden_states import compute_hidden_states
 from lightning_less.selection.registry import Inputs, SelectionMethod, register
 from lightning_less.selection.result import SelectionResult, from_influence
 from lightning_less.selection.scoring import cosine_scores
@@ -39,6 +47,22 @@ def device_of(trainer: dict[str, Any] | None) -> str:
     return devices[accelerator]
 
 
+def hidden_features(inputs: Inputs, pooling: str, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The pool's and the targets' pooled hidden states under ``--model`` (one predict pass each, on one device).
+
+    The stores are written to a temporary directory: they are an intermediate of the
+    selection, whose manifest records what decides it.
+    """
+    request = inputs.request
+    accelerator = {"cuda": "gpu"}.get(inputs.loaded["device"], inputs.loaded["device"])
+    trainer = {"accelerator": accelerator, "devices": 1}
+    with tempfile.TemporaryDirectory(prefix="lightning_less_hidden_") as tmp:
+        return tuple(  # type: ignore[return-value]
+            compute_hidden_states(request.model, list(files), Path(tmp) / name, pooling=pooling, max_length=request.max_length,
+                                  batch_size=batch_size, trainer_kwargs=trainer)
+            for name, files in (("pool", request.pool), ("targets", request.targets)))
+
+
 @register
 class Rds(SelectionMethod):
     """Representation similarity with the targets, in the hidden states of ``model``."""
@@ -51,9 +75,15 @@ class Rds(SelectionMethod):
     def load(self, inputs: Inputs) -> dict[str, Any]:
         return {"device": device_of(inputs.request.trainer)}
 
+    pooling: str = "last"
+
+    def aggregation(self, inputs: Inputs) -> str:
+        """How the per-target cosines are aggregated (RDS: ``--aggregation``, as LESS)."""
+        return inputs.request.aggregation
+
     def select(self, inputs: Inputs) -> SelectionResult:
-        request, device = inputs.request, inputs.loaded["device"]
-        pool_h = last_token_hidden_states(request.model, list(request.pool), request.max_length, device=device)
-        target_h = last_token_hidden_states(request.model, list(request.targets), request.max_length, device=device)
-        result = select_rds(pool_h, target_h, inputs.target_subtasks, inputs.k, aggregation=request.aggregation)
-        return replace(result, params={**result.params, "model": request.model})
+        pool_h, target_h = hidden_features(inputs, self.pooling)
+        aggregation = self.aggregation(inputs)
+        result = select_rds(pool_h, target_h, inputs.target_subtasks, inputs.k, aggregation=aggregation)
+        return replace(result, params={**result.params, "model": inputs.request.model, "pooling": self.pooling,
+                                       "aggregation": aggregation})
