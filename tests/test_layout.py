@@ -295,6 +295,7 @@ def test_every_overridden_lightning_hook_has_override():
 @pytest.fixture(scope="module")
 def store_passes(warm_run, tmp_path_factory):
     from lightning_less.passes.gradient_features import GradientFeatureModule
+    from lightning_less.passes.hidden_states import HiddenStateModule
     from lightning_less.passes.loss_trajectories import LossTrajectoryModule
 
     out = tmp_path_factory.mktemp("store_pass")
@@ -303,6 +304,7 @@ def store_passes(warm_run, tmp_path_factory):
             snapshots=warm_run["snapshots"], output_dir=str(out / "grads"), dims=[8], projector="sparse_jl"
         ),
         "LossTrajectoryModule": LossTrajectoryModule(checkpoints=warm_run["snapshots"], output_dir=str(out / "traj")),
+        "HiddenStateModule": HiddenStateModule(warm_run["model"], output_dir=str(out / "hidden")),
     }
 
 
@@ -315,7 +317,7 @@ def protocol_members(protocol: type) -> dict[str, object]:
     return members
 
 
-@pytest.mark.parametrize("name", ["GradientFeatureModule", "LossTrajectoryModule"])
+@pytest.mark.parametrize("name", ["GradientFeatureModule", "LossTrajectoryModule", "HiddenStateModule"])
 def test_store_passes_meet_the_writer_protocol(store_passes, name):
     from lightning_less.callbacks.store_writer import StorePass
 

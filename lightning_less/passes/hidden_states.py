@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from typing_extensions import override
 
-from lightning_less.callbacks.store_writer import ShardedStoreWriter
+from lightning_less.callbacks.store_writer import ShardedStoreWriter, batch_rows
 from lightning_less.data.datamodule import IGNORE_INDEX
 from lightning_less.data.records import file_sha256
 from lightning_less.stores.datastore import GradientDatastore
-from lightning_less.stores.trajectory import _excluded, data_manifest
+from lightning_less.stores.provenance import DataIdentity
 
 POOLINGS = ("last", "weighted_mean", "response_mean")
 FEATURE_KIND = "hidden"
@@ -117,18 +117,17 @@ class HiddenStateModule(pl.LightningModule):
         if stage != "predict":
             raise RuntimeError("HiddenStateModule only runs `predict` (the hidden-state pass)")
 
-    def store_spec(self, dataset: Any) -> tuple[dict[str, Any], list[str], list[int], str]:
-        """What :class:`ShardedStoreWriter` needs to create (or resume) the store."""
+    def store_spec(self, data: DataIdentity) -> tuple[dict[str, Any], list[str], list[int], str]:
+        """What :class:`ShardedStoreWriter` needs to create (or resume) the store (it records the data itself)."""
         manifest = {"feature_kind": FEATURE_KIND, "projector": NO_PROJECTOR, "pooling": self.pooling, "layer": "last",
-                    "model": model_fingerprint(self.model_name_or_path), "model_dtype": self.dtype_name,
-                    "data": data_manifest(dataset), **_excluded(dataset)}
+                    "model": model_fingerprint(self.model_name_or_path), "model_dtype": self.dtype_name}
         return manifest, [ARRAY_NAME], [int(self.model.config.hidden_size)], "float32"
 
     @override
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict | None:
         if self.skip:
             return None
-        index = batch["index"].cpu().numpy()
+        index = batch_rows(self.trainer, batch)
         todo = ~self.done[ARRAY_NAME][index]
         if not todo.any():
             return None
