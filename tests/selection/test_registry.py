@@ -20,7 +20,7 @@ NEEDS = [(name, need) for name, method in available().items() for need in method
 
 def test_every_method_is_one_discovered_module():
     files = sorted(p.stem for p in Path(methods_package.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
-    assert files == list(available()) == ["bm25", "dsir", "full", "less", "random", "rds", "s2l"]
+    assert files == list(available()) == ["bm25", "dsir", "full", "less", "random", "rds", "rds_plus", "rds_response", "s2l"]
     for name, method in available().items():
         assert method.name == name and method.description and "\n" not in method.description
         assert set(method.needs) <= set(NEEDS_HELP) and set(method.deciding) <= set(REQUEST_FIELDS)
