@@ -244,8 +244,14 @@ def readme_blocks() -> list[str]:
 HEAVY = re.compile(r"lightning-less (fit|validate|test|predict|pipeline|demo)\b(?!-)")
 
 
+def _link_repository(workdir: Path) -> None:
+    """The README's commands run from the repository root: its configs and test fixtures are there."""
+    for name in ("configs", "tests"):
+        (workdir / name).symlink_to(ROOT / name)
+
+
 def _run_blocks(blocks: list[str], workdir: Path) -> None:
-    (workdir / "configs").symlink_to(ROOT / "configs")
+    _link_repository(workdir)
     for block in blocks:
         # Each command as written, with lightning-less run from this checkout.
         script = f'set -euo pipefail\nlightning-less() {{ "{sys.executable}" -m lightning_less.cli "$@"; }}\n{block}\n'
@@ -275,6 +281,7 @@ def test_readme_light_blocks_run(tmp_path, monkeypatch):
     Run in this process (the heavy test runs every block in subprocesses, as written).
     """
     monkeypatch.chdir(tmp_path)
+    _link_repository(tmp_path)
     commands = [["demo-data", "--output", "demo_data"]]
     for block in readme_blocks():
         if not HEAVY.search(block):
