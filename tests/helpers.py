@@ -21,3 +21,26 @@ def qa_records(n: int, prefix: str = "q", task: str = "echo") -> list[dict]:
         w = "abcdefghij"[i % 10] * (1 + i % 3)
         out.append({"id": f"{prefix}{i}", "dataset": task, "messages": [{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}]})
     return out
+
+
+def run_two_ranks(script: Path, cwd: Path | None = None) -> list[str]:
+    """Run ``script`` as the two ranks of a gloo process group on this machine (a free port, one thread each);
+    fail with both ranks' output unless both exit 0. Returns each rank's output."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:  # a free port, not a guessed one
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", NODE_RANK="0",
+                   LOCAL_RANK=str(rank), RANK=str(rank), PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, cwd=str(cwd or root),
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    return outs

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
-import socket
-import subprocess
-import sys
 import textwrap
 
 import lightning.pytorch as pl
@@ -23,10 +19,10 @@ from lightning_less.callbacks.lm_eval import LMEvalCallback
 from lightning_less.data.datamodule import InstructionDataModule
 from lightning_less.errors import InputError
 from lightning_less.evaluation.harness import HarnessSettings, evaluate_lm
-from lightning_less.modules.lora import LoRAInstructionTuningModule
 from lightning_less.models.tiny import resolve_model_path
+from lightning_less.modules.lora import LoRAInstructionTuningModule
 from tests.evaluation import REPO, TASKS
-from tests.helpers import qa_records, write_jsonl
+from tests.helpers import qa_records, run_two_ranks, write_jsonl
 
 METRIC = "lm_eval/fixture_mc/acc"
 
@@ -166,17 +162,7 @@ def test_two_process_ddp_evaluates_on_rank_zero_and_logs_once(setup, tmp_path):
         with open({str(tmp_path)!r} + f"/rank{{trainer.global_rank}}.json", "w") as f:
             json.dump({{"evaluated": callback.evaluated_epochs, "history": callback.history}}, f)
     """))
-    with socket.socket() as sock:  # a free port, not a guessed one
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", NODE_RANK="0",
-                   LOCAL_RANK=str(rank), RANK=str(rank), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, cwd=str(REPO),
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    run_two_ranks(script)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["evaluated"] == [1] and ranks[1]["evaluated"] == []  # lm-eval ran on rank 0 only
     assert ranks[0]["history"] == ranks[1]["history"] and [h["epoch"] for h in ranks[0]["history"]] == [1]

@@ -1,8 +1,5 @@
 """GradientDumpLoop: features equal an independent one-example-at-a-time computation; resume; DDP; refusals."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import lightning.pytorch as pl
@@ -14,10 +11,14 @@ from transformers import AutoModelForCausalLM
 
 from lightning_less.callbacks.snapshot import list_snapshots, load_snapshot
 from lightning_less.data.datamodule import InstructionDataModule
-from lightning_less.stores.datastore import GradientDatastore
-from lightning_less.passes.gradient_features import GradientDumpLoop, GradientFeatureModule
 from lightning_less.gradients.projectors import make_projector
 from lightning_less.modules.losses import per_example_loss
+from lightning_less.passes.gradient_features import (
+    GradientDumpLoop,
+    GradientFeatureModule,
+)
+from lightning_less.stores.datastore import GradientDatastore
+from tests.helpers import run_two_ranks
 
 
 def _data(run, files, batch_size=3, padding_side="right"):
@@ -130,14 +131,7 @@ def test_two_process_gloo_store_equals_one_process(warm_run, tmp_path):
                          projector="trak_basic", dims=[32, 16], store_dtype="float32",
                          trainer_kwargs=dict(accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False)).run(dm)
     """))
-    port = str(29500 + os.getpid() % 1000)
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", NODE_RANK="0",
-                   LOCAL_RANK=str(rank), RANK=str(rank), PYTHONPATH=os.getcwd())
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    run_two_ranks(script)
     merged = GradientDatastore.open(tmp_path / "ddp")
     assert merged.is_complete()
     assert not (tmp_path / "ddp.shards").exists()

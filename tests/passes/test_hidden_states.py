@@ -2,10 +2,6 @@
 padding sides); resume; refusal of another pooling; 2-process gloo == one process."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -16,9 +12,13 @@ from transformers import AutoModelForCausalLM
 from lightning_less.data.datamodule import InstructionDataset
 from lightning_less.models.loading import load_tokenizer
 from lightning_less.models.tiny import save_tiny_model
-from lightning_less.passes.hidden_states import ARRAY_NAME, compute_hidden_states, pool_hidden_states
+from lightning_less.passes.hidden_states import (
+    ARRAY_NAME,
+    compute_hidden_states,
+    pool_hidden_states,
+)
 from lightning_less.stores.datastore import GradientDatastore
-from tests.helpers import qa_records, write_jsonl
+from tests.helpers import qa_records, run_two_ranks, write_jsonl
 
 MAX_LENGTH = 48
 
@@ -109,16 +109,7 @@ def test_two_process_gloo_equals_one_process(setup, tmp_path):
         compute_hidden_states({setup['model']!r}, [{setup['pool']!r}], {str(tmp_path / 'ddp')!r}, max_length={MAX_LENGTH},
                               batch_size=3, trainer_kwargs=dict(accelerator="cpu", devices=2, strategy="ddp"))
     """))
-    with socket.socket() as sock:  # a free port, not a guessed one
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", NODE_RANK="0",
-                   LOCAL_RANK=str(rank), RANK=str(rank), PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    run_two_ranks(script)
     assert not (tmp_path / "ddp.shards").exists()
     single = compute_hidden_states(setup["model"], [setup["pool"]], tmp_path / "one", max_length=MAX_LENGTH, batch_size=4)
     merged = GradientDatastore.open(tmp_path / "ddp")

@@ -2,11 +2,7 @@
 resume; DDP == one process; refusals; undefined losses are NaN and excluded by S2L."""
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import textwrap
 
 import lightning.pytorch as pl
@@ -19,15 +15,19 @@ from transformers import AutoModelForCausalLM
 
 from lightning_less.callbacks.loss_trajectory import LossTrajectoryCallback
 from lightning_less.callbacks.save_pretrained import SavePretrainedCallback
-from lightning_less.passes.loss_trajectories import LossTrajectoryModule, compute_trajectories, resolve_checkpoints
-from lightning_less.stores.trajectory import TrajectoryStore
 from lightning_less.data.datamodule import InstructionDataModule
-from lightning_less.stores.datastore import GradientDatastore
+from lightning_less.models.tiny import save_tiny_model
 from lightning_less.modules.lora import LoRAInstructionTuningModule
 from lightning_less.modules.losses import per_example_loss
-from lightning_less.models.tiny import save_tiny_model
+from lightning_less.passes.loss_trajectories import (
+    LossTrajectoryModule,
+    compute_trajectories,
+    resolve_checkpoints,
+)
 from lightning_less.selection.runner import run_selection
-from tests.helpers import qa_records, write_jsonl
+from lightning_less.stores.datastore import GradientDatastore
+from lightning_less.stores.trajectory import TrajectoryStore
+from tests.helpers import qa_records, run_two_ranks, write_jsonl
 
 MAX_LENGTH = 64
 NO_RESPONSE = 5  # index of the pool record whose response is truncated away
@@ -206,16 +206,7 @@ def test_two_process_gloo_equals_one_process(run, tmp_path):
                      SavePretrainedCallback({str(tmp_path / 'ddp_ckpts')!r}, **SCHEDULE)]
         _trainer(callbacks, **ddp).fit(_module({run['model']!r}), datamodule=_data({run['model']!r}, {run['pool']!r}))
     """))
-    with socket.socket() as sock:  # a free port, not a guessed one
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", NODE_RANK="0",
-                   LOCAL_RANK=str(rank), RANK=str(rank), PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    run_two_ranks(script)
     assert not (tmp_path / "ddp.shards").exists()
     merged, merged_manifest = TrajectoryStore(tmp_path / "ddp").read()
     single, single_manifest = TrajectoryStore(run["ckpt_store"]).read()

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import lightning.pytorch as pl
@@ -26,12 +22,20 @@ from torch.utils.data import DataLoader, Dataset
 
 from examples.own_project.data import TASKS, TokenDataset, collate, make_examples
 from examples.own_project.model import OwnLoRAModule
-from lightning_less.callbacks.snapshot import GradientFeatureCallback, list_snapshots, load_snapshot
+from lightning_less.callbacks.snapshot import (
+    GradientFeatureCallback,
+    list_snapshots,
+    load_snapshot,
+)
 from lightning_less.errors import IncompatibleError, InputError, MissingInputError
 from lightning_less.gradients.projectors import make_projector
-from lightning_less.passes.gradient_features import GradientDumpLoop, GradientFeatureModule
+from lightning_less.passes.gradient_features import (
+    GradientDumpLoop,
+    GradientFeatureModule,
+)
 from lightning_less.selection.methods.less import select_from_stores
 from lightning_less.stores.datastore import GradientDatastore
+from tests.helpers import run_two_ranks
 
 DIM = 32
 NO_RESPONSE = 4  # the position of the example with no predicted token
@@ -170,16 +174,7 @@ def test_two_process_gloo_on_an_own_loader_equals_one_process(own, tmp_path):
         _loop({str(own['snapshots'])!r}, {str(tmp_path / 'ddp')!r}, module,
               trainer_kwargs=dict(accelerator="cpu", devices=2, strategy="ddp")).run(own_loader(own_examples()))
     """))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", NODE_RANK="0", LOCAL_RANK=str(rank),
-                   RANK=str(rank), PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    run_two_ranks(script)
     merged = GradientDatastore.open(tmp_path / "ddp")
     assert merged.is_complete() and not (tmp_path / "ddp.shards").exists()
     drop = {"created"}
