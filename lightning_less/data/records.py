@@ -193,16 +193,29 @@ def read_records(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> list
     return records
 
 
+#: Digests already computed in this process, by version of the file (real path, size, mtime, inode).
+_SHA256: dict[tuple[str, int, int, int], str] = {}
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The sha256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
+    """The sha256 hex digest of a file's bytes.
+
+    Computed once per version of the file in a process: the selection, its manifest and the
+    stores' provenance checks all ask for the same (possibly large) pool files, and a file
+    rewritten in place gets a new mtime and is hashed again.
+    """
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _SHA256:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while True:
+                block = f.read(chunk)
+                if not block:
+                    break
+                h.update(block)
+        _SHA256[key] = h.hexdigest()
+    return _SHA256[key]
 
 
 def files_fingerprint(paths: Iterable[str | os.PathLike]) -> list[dict]:

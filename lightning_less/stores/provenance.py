@@ -42,16 +42,6 @@ TOKENS_SCHEME = ("per example: sha256 of its int64 input_ids, then its int64 lab
 DIGEST_BYTES = 16
 BATCH_KEYS = ("input_ids", "attention_mask", "labels")
 
-_HASHES: dict[tuple[str, int, int, int], str] = {}
-
-
-def cached_sha256(path: str | os.PathLike) -> str:
-    """``file_sha256`` of ``path``, computed once per version of the file (path, size, mtime, inode) in a process."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _HASHES:
-        _HASHES[key] = file_sha256(path)
-    return _HASHES[key]
 
 
 # ------------------------------------------------------------------ what the model is
@@ -61,7 +51,7 @@ SNAPSHOT_FILES = ("adapter_config.json", "adapter_model.safetensors", "optimizer
 
 def snapshot_files_sha256(path: str | os.PathLike) -> dict[str, str]:
     """``{file: sha256}`` of the files of a snapshot directory that decide the features."""
-    return {f: cached_sha256(os.path.join(path, f)) for f in SNAPSHOT_FILES if os.path.exists(os.path.join(path, f))}
+    return {f: file_sha256(os.path.join(path, f)) for f in SNAPSHOT_FILES if os.path.exists(os.path.join(path, f))}
 
 
 def weights_sample_sha256(model: torch.nn.Module, skip: set[str]) -> str:
@@ -240,7 +230,7 @@ def check_files(manifest: Mapping[str, Any], files: Sequence[str | os.PathLike],
                                 "with that data (lightning_less.stores.provenance.check_data, or "
                                 "lightning_less.selection.methods.less.select_from_stores with pool_data / target_data)")
     recorded = list(data.get("files", []))
-    given = [{"path": str(f), "sha256": cached_sha256(f)} for f in files]
+    given = [{"path": str(f), "sha256": file_sha256(f)} for f in files]
     if [e.get("sha256") for e in recorded] != [e["sha256"] for e in given]:
         raise IncompatibleError(f"{label} was computed on other data than {files_label}: it records "
                                 f"{_describe_files(recorded)}, {files_label} is {_describe_files(given)}; use the store "
