@@ -33,7 +33,6 @@ from lightning_less.version import __version__
 
 PROG = "lightning-less"
 TRAINER = "lightning_less.cli:trainer_cli"
-TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 #: name -> ("module:function", one-line description), in the order ``--help`` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from lightning_less.callbacks.schedule import _Schedule, step_dirname
 from lightning_less.modules.losses import record_losses
-from lightning_less.stores.trajectory import LOSS_DEFINITION, TrajectoryStore, data_manifest
+from lightning_less.stores.trajectory import LOSS_DEFINITION, TrajectoryStore
 
 
 class LossTrajectoryCallback(_Schedule, Callback):
@@ -120,7 +120,7 @@ class LossTrajectoryCallback(_Schedule, Callback):
             "model": hparams.get("model_name_or_path"),
             "checkpoints": [{"name": n, "global_step": s, "epoch": e} for n, s, e in zip(names, self.steps, self.epochs)],
             "steps": list(self.steps),
-            "data": data_manifest(ds),
+            "data": ds.data_fingerprint(),
             "excluded_ids": [r.id for r in ds.dropped],
         }
         TrajectoryStore(self.output_dir).write(np.stack(self.columns, axis=1), names, manifest, overwrite=self.overwrite)

@@ -27,16 +27,6 @@ NO_PROJECTOR = {"kind": "none"}
 LOSS_DEFINITION = "response_token_mean"
 
 
-def data_manifest(dataset) -> dict[str, Any]:
-    """The data part of a manifest: the dataset's ``data_fingerprint()`` (files with their sha256, tokenization),
-    as the trajectory pass records it."""
-    return dataset.data_fingerprint()
-
-
-def _excluded(dataset) -> dict[str, Any]:
-    return {"excluded_indices": [r.index for r in dataset.dropped], "excluded_ids": [r.id for r in dataset.dropped]}
-
-
 def check_trajectory_data(manifest: dict[str, Any], files: Sequence[str | os.PathLike], n_examples: int | None = None) -> None:
     """Refuse trajectories recorded on other data than ``files`` (compared by sha256, in order)."""
     recorded = [f["sha256"] for f in manifest.get("data", {}).get("files", [])]
