@@ -208,16 +208,20 @@ def trainer_cli(args: list[str]) -> None:
                  save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": PROG})
 
 
-def parse_config(command: str, path: str | os.PathLike) -> object:
-    """Parse and validate a config file for ``command`` without running anything (raises on any error)."""
+def parse_config(command: str, *paths: str | os.PathLike) -> object:
+    """Parse and validate config files for ``command`` (later ones override) without running anything.
+
+    Raises on any error.
+    """
     if command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}")
+    args = [arg for path in paths for arg in ("--config", str(path))]
     if COMMANDS[command][0] != TRAINER:
-        return command_parser(command, exit_on_error=False).parse_args(["--config", str(path)])
+        return command_parser(command, exit_on_error=False).parse_args(args)
     import lightning.pytorch as pl
 
     _, parse_only = less_cli_classes()
-    with _command_line(["--config", str(path)]):
+    with _command_line(args):
         cli = parse_only(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          run=False, parser_kwargs={"exit_on_error": False, "prog": PROG})
     return cli.config

@@ -6,7 +6,9 @@
    it knows the instruction format but not the target task.
 3. LESS: warmup with snapshots, gradient features, selection (the real pipeline).
 4. The same budget chosen by the other methods; every selection trained on the same way.
-5. A table and ``results.json``: ``{method: {target_share, target_loss, target_exact_match}}``.
+5. LESS-T: the LESS and random selections also trained on a second, larger model (the
+   ``small`` built-in size, pretrained the same way): rows ``less_t`` and ``random_t``.
+6. A table and ``results.json``: ``{method: {target_share, target_loss, target_exact_match}}``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 DEMO_METHODS = ("less", "random", "bm25", "dsir", "rds", "rds_plus", "rds_response", "s2l", "full")
 TRAINER = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": True}
+# LESS-T rows: the row's name -> the method whose selection the larger model trains on.
+TRANSFER_ROWS = {"less_t": "less", "random_t": "random"}
 COLUMNS = ("n_selected", "target_share", "surface_share", "target_loss", "target_exact_match")
 
 
@@ -62,19 +66,21 @@ def write_timings(path: Path, timings: dict[str, float]) -> None:
     path.write_text(json.dumps(merged, indent=2))
 
 
-def build_base_model(output: Path, pretrain_file: str, seed: int, epochs: int = 2) -> str:
-    """Full fine-tuning of the tiny model on the pretraining corpus, saved with ``save_pretrained``."""
+def build_base_model(output: Path, pretrain_file: str, seed: int, epochs: int = 2, size: str = "tiny") -> str:
+    """Full fine-tuning of a built-in model (``size``) on the pretraining corpus, saved with ``save_pretrained``."""
     import lightning.pytorch as pl
 
     from lightning_less.data.datamodule import InstructionDataModule
     from lightning_less.modules.lora import LoRAInstructionTuningModule
 
     config = {"pretrain_file": pretrain_file, "seed": seed, "epochs": epochs, "version": 1}
+    if size != "tiny":  # the tiny base's config stays as it was, so earlier demo runs are reused
+        config["size"] = size
     if step_done(output, config, overwrite=False):
         return str(output / "model")
-    log.info(f"[0/4] base model: the tiny Llama trained on {pretrain_file} (every task but the target)")
+    log.info(f"[0/4] base model: the {size} Llama trained on {pretrain_file} (every task but the target)")
     pl.seed_everything(seed, verbose=False)
-    module = LoRAInstructionTuningModule(model_name_or_path="builtin:tiny-llama", use_lora=False, learning_rate=3e-3,
+    module = LoRAInstructionTuningModule(model_name_or_path=f"builtin:tiny-llama-{size}", use_lora=False, learning_rate=3e-3,
                                          warmup_ratio=0.05, seed=seed, exact_match=False)
     data = InstructionDataModule(train_files=[pretrain_file], tokenizer_name_or_path="builtin:tiny-llama",
                                  max_length=128, batch_size=32, seed=seed)
@@ -119,6 +125,7 @@ def demo(
     pool_size: int = 2400,
     fraction: float = 0.05,
     scenario: str = "in_form",
+    transfer: bool = True,
 ) -> DemoResult:
     """Run the built-in demo: the whole LESS pipeline and the baselines on generated data, on CPU.
 
@@ -135,6 +142,8 @@ def demo(
         fraction: every method's budget as a fraction of the pool (LESS's 5%).
         scenario: ``in_form`` (a fifth of the target task's pool examples in the targets' surface
             form) or ``cross_form`` (the target task only in the other form, as TydiQA in the LESS paper).
+        transfer: also train the LESS and random selections on a second, larger model (the built-in
+            ``small`` size, pretrained like the base): the LESS paper's LESS-T rows ``less_t`` and ``random_t``.
     """
     from lightning_less.data.demo import generate_demo_data, generate_pretraining_data
     from lightning_less.selection.outputs import read_selection
@@ -192,9 +201,20 @@ def demo(
                                              max_length, seed, TRAINER)
         lap(f"{method}_train")
 
+    transfers = {row: method for row, method in TRANSFER_ROWS.items() if transfer and method in methods}
+    if transfers:
+        larger = build_base_model(out / "base_small", pretrain, seed, size="small")
+        lap("base_model_small")
+        for row, method in transfers.items():
+            settings = replace(train, model_name_or_path=larger)
+            results[row] = train_and_evaluate(selections[method], eval_files, out / "train" / row, base, settings,
+                                              max_length, seed, TRAINER)
+            selections[row] = selections[method]
+            lap(f"{row}_train")
+
     relevant = demo_relevance(target_task)
     rows = {}
-    for method in methods:
+    for method in [*methods, *transfers]:
         selected = read_selection(selections[method]).selected
         rows[method] = {
             "target_share": target_share([pool[i] for i in selected], relevant),

@@ -79,3 +79,35 @@ def evaluate(
         tmp.write_text(json.dumps({**report.to_dict(), "lm_eval": results}, indent=2, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     return report
+
+
+def evaluate_adapter(settings, model: str, adapter: Path, output: Path, seed: int, overwrite: bool = False) -> dict:
+    """The pipeline's optional step 5: the trained adapter on ``settings.tasks``, reused when nothing changed.
+
+    Args:
+        settings: an :class:`~lightning_less.recipes.settings.EvalTaskSettings` with tasks.
+        model: the trained base model.
+        adapter: the adapter directory the training wrote.
+        output: the step's directory (``results.json``, ``step.json``).
+        seed: seed of lm-eval's samplers.
+        overwrite: redo an evaluation made with other settings instead of refusing it.
+
+    Returns:
+        ``{"results": <path>, "metrics": {task/metric: value}}``.
+    """
+    from dataclasses import asdict
+
+    from lightning_less.recipes.steps import file_hash, mark_done, step_done, step_result
+
+    weights = sorted(Path(adapter).glob("adapter_model.*"))
+    config = {"model": model, "adapter": str(adapter), "adapter_weights": [file_hash(w) for w in weights],
+              "seed": seed, **asdict(settings)}
+    if step_done(output, config, overwrite):
+        return step_result(output)
+    report = evaluate(model=model, adapter=str(adapter), tasks=list(settings.tasks), num_fewshot=settings.num_fewshot,
+                      limit=settings.limit, batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype,
+                      output=str(output / "results.json"), include_path=list(settings.include_path),
+                      include_defaults=settings.include_defaults, seed=seed, overwrite=True)
+    result = {"results": str(output / "results.json"), "metrics": report.metrics}
+    mark_done(output, config, result)
+    return result

@@ -3,6 +3,8 @@
 warmup (LoRA on a seeded fraction of the pool, one snapshot per epoch)
 -> pool features (``adam``) and target features (``sgd``) -> scores and selection
 -> training on the selection -> evaluation on the target task.
+Optionally, before: the target set built from a benchmark's few-shot examples (``target_set``);
+after: the trained adapter on benchmarks through lm-evaluation-harness (``eval_tasks``).
 
 Every input is checked before the first step starts (files, budget, model, settings), so a
 mistake fails in seconds rather than after the warmup. Each step writes into its own
@@ -27,8 +29,10 @@ from lightning_less.recipes.settings import (
     AGGREGATIONS,
     PROJECTORS,
     STORE_DTYPES,
+    EvalTaskSettings,
     FeatureSettings,
     SelectionSettings,
+    TargetSetSettings,
     TrainSettings,
     WarmupSettings,
 )
@@ -36,7 +40,7 @@ from lightning_less.recipes.steps import STEP_FILE, file_hash, fingerprint, make
 from lightning_less.recipes.train import train_and_evaluate
 
 __all__ = [
-    "STEP_FILE", "FeatureSettings", "SelectionSettings", "StaleOutputError", "TrainSettings", "WarmupSettings",
+    "STEP_FILE", "EvalTaskSettings", "FeatureSettings", "TargetSetSettings", "SelectionSettings", "StaleOutputError", "TrainSettings", "WarmupSettings",
     "check_inputs", "mark_done", "run_features", "run_pipeline", "run_warmup", "step_done", "step_result",
     "train_and_evaluate",
 ]
@@ -131,6 +135,37 @@ def check_inputs(pool: Sequence[str], targets: Sequence[str], eval_files: Sequen
     return k
 
 
+def _targets(targets: list[str] | str | None, target_set: TargetSetSettings, output: Path) -> list[str]:
+    """The targets files: ``--targets`` as given, or the benchmark's target set built under ``output``."""
+    if target_set.benchmark and targets:
+        raise InputError(f"--targets and --target_set.benchmark both given: the targets come from one of them "
+                         f"(drop --targets to build the {target_set.benchmark} target set, or unset the benchmark)")
+    if target_set.benchmark:
+        from lightning_less.recipes.targets import build_target_set
+
+        log.info(f"[0/5] the {target_set.benchmark} target set from {target_set.data} -> {output}")
+        return [build_target_set(target_set, output)]
+    if not targets:
+        raise InputError("no targets: give --targets (jsonl files) or --target_set.benchmark with --target_set.data")
+    return as_paths(targets)
+
+
+def _check_eval_tasks(eval_tasks: EvalTaskSettings, skip_training: bool) -> None:
+    """Fail before the warmup when the benchmark evaluation could not run at the end."""
+    if not eval_tasks.tasks:
+        return
+    if skip_training:
+        raise InputError(f"--eval_tasks.tasks {list(eval_tasks.tasks)} evaluates the trained adapter, but "
+                         "--skip_training true trains none: drop one of them")
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise InputError("--eval_tasks.tasks needs lm-evaluation-harness: pip install 'lightning-less[eval]'")
+    for path in eval_tasks.include_path:
+        if not Path(path).is_dir():
+            raise MissingInputError(f"--eval_tasks.include_path: {path} is not a directory of task YAMLs")
+
+
 # ---------------------------------------------------------------------- steps
 def run_warmup(pool: Sequence[str], output: Path, model: str, settings: WarmupSettings, max_length: int, seed: int,
                trainer_kwargs: dict | None = None, overwrite: bool = False) -> Path:
@@ -203,7 +238,7 @@ def run_features(files: Sequence[str], snapshots: Path, output: Path, feature: s
 def run_pipeline(
     *,
     pool: list[str] | str,
-    targets: list[str] | str,
+    targets: list[str] | str | None = None,
     output: str,
     model: str = "builtin:tiny-llama",
     eval: list[str] | str | None = None,
@@ -214,6 +249,8 @@ def run_pipeline(
     selection: SelectionSettings = SelectionSettings(),
     train: TrainSettings = TrainSettings(),
     trainer: dict[str, Any] | None = None,
+    target_set: TargetSetSettings = TargetSetSettings(),
+    eval_tasks: EvalTaskSettings = EvalTaskSettings(),
     skip_training: bool = False,
     overwrite: bool = False,
 ) -> dict:
@@ -225,7 +262,8 @@ def run_pipeline(
 
     Args:
         pool: the instruction pool's jsonl file(s) (``--pool a.jsonl`` or ``--pool '[a.jsonl,b.jsonl]'``).
-        targets: the target examples' jsonl file(s) (each record with a ``subtask`` field).
+        targets: the target examples' jsonl file(s) (each record with a ``subtask`` field); leave
+            out when ``target_set`` builds them from a benchmark.
         output: the run directory (``warmup/``, ``features/``, ``selection/``, ``train/``, ``pipeline.json``).
         model: the selecting model: a hub name, a local directory or ``builtin:tiny-llama``.
         eval: held-out target-task examples' jsonl file(s) for the final evaluation (none: no evaluation).
@@ -236,17 +274,22 @@ def run_pipeline(
         selection: step 3, the budget and how subtask scores are combined.
         train: step 4, the training on the selection.
         trainer: extra ``Trainer`` arguments for every step (e.g. ``{"accelerator": "gpu", "precision": "bf16-mixed"}``).
+        target_set: step 0, the targets built from a benchmark's few-shot examples (instead of ``targets``).
+        eval_tasks: step 5, the trained adapter on benchmarks through lm-evaluation-harness.
         skip_training: stop after the selection.
         overwrite: redo steps whose outputs were made with other settings instead of refusing.
 
     Returns:
         The paths of every step's output (``snapshots``, ``pool_store``, ``target_store``,
         ``selection``) and, unless ``skip_training``, ``train``: the training's
-        ``n_train``, ``target_loss`` and ``target_exact_match``.
+        ``n_train``, ``target_loss`` and ``target_exact_match``; with ``target_set``, ``targets``
+        (the built file); with ``eval_tasks.tasks``, ``eval_tasks``: ``results`` (lm-eval's JSON) and ``metrics``.
     """
-    pool, targets, eval = as_paths(pool), as_paths(targets), as_paths(eval) or None
-    k = check_inputs(pool, targets, eval, model, max_length, warmup, features, selection, train, skip_training)
     out = Path(output)
+    targets = _targets(targets, target_set, out / "targets")
+    _check_eval_tasks(eval_tasks, skip_training)
+    pool, eval = as_paths(pool), as_paths(eval) or None
+    k = check_inputs(pool, targets, eval, model, max_length, warmup, features, selection, train, skip_training)
     out.mkdir(parents=True, exist_ok=True)
     snapshots = run_warmup(pool, out / "warmup", model, warmup, max_length, seed, trainer, overwrite)
     pool_store = run_features(pool, snapshots, out / "features" / "pool", "adam", model, features, max_length, trainer, overwrite)
@@ -260,8 +303,16 @@ def run_pipeline(
                                   aggregation=selection.aggregation, overwrite=overwrite)
     result: dict[str, Any] = {"snapshots": str(snapshots), "pool_store": str(pool_store.path),
                               "target_store": str(target_store.path), "selection": str(selection_dir)}
+    if target_set.benchmark:
+        result["targets"] = targets[0]
     if not skip_training:
         result["train"] = train_and_evaluate(selection_dir, eval, out / "train", model, train, max_length, seed, trainer, overwrite)
+    if eval_tasks.tasks:
+        from lightning_less.recipes.evaluate import evaluate_adapter
+
+        log.info(f"[5/5] {', '.join(eval_tasks.tasks)} through lm-evaluation-harness -> {out / 'eval'}")
+        result["eval_tasks"] = evaluate_adapter(eval_tasks, train.model_name_or_path or model, out / "train" / "adapter",
+                                                out / "eval", seed, overwrite)
     (out / "pipeline.json").write_text(json.dumps(result, indent=2))
     log.info(f"pipeline finished; summary in {out / 'pipeline.json'}")
     return result

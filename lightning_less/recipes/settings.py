@@ -106,3 +106,39 @@ class TrainSettings:
     """Share of the training steps spent in the learning-rate warmup. Default 0.03, as the paper."""
     generation_max_new_tokens: int = 64
     """Tokens generated per held-out example for the exact-match metric. Default 64."""
+
+
+@dataclass(frozen=True)
+class TargetSetSettings:
+    """Step 0 (optional): the target set built from a benchmark's own few-shot examples (as ``lightning-less targets``)."""
+
+    benchmark: Literal["mmlu", "tydiqa", "bbh"] | None = None
+    """Build the targets from this benchmark into ``<output>/targets/targets.jsonl``; None: use ``--targets`` as given."""
+    data: str | None = None
+    """The benchmark's local copy in its public format (MMLU ``data/``, a TydiQA-GoldP json, the BBH directory)."""
+    n_per_subtask: int | None = None
+    """Examples per subject / language / task. Default None: the paper's 5 / 1 / 3."""
+    subtasks: list[str] | None = None
+    """Only these subjects / languages / tasks. Default None: all found."""
+
+
+@dataclass(frozen=True)
+class EvalTaskSettings:
+    """Step 5 (optional): the trained adapter on benchmarks through lm-evaluation-harness (as ``lightning-less evaluate``)."""
+
+    tasks: list[str] = field(default_factory=list)
+    """lm-eval task, group or tag names (``[mmlu]``, ``[bbh_cot_fewshot]``, ``[less_tydiqa]``). Empty: no benchmark evaluation."""
+    num_fewshot: int | dict[str, int] | None = None
+    """Shots for every task or per task. Default None: the paper's (mmlu 5, bbh_cot_fewshot 3, less_tydiqa 1)."""
+    limit: int | dict[str, int] | None = None
+    """At most this many (first) examples of each task, or per task (the paper: ``{bbh_cot_fewshot: 40, less_tydiqa: 200}``)."""
+    batch_size: int = 8
+    """lm-eval's batch size."""
+    dtype: str | None = None
+    """Weights dtype (``bfloat16``, ``float16``, ``float32``, ``auto``). Default None: the model's."""
+    device: str | None = None
+    """``cuda``, ``cuda:1``, ``cpu``. Default None: cuda when available."""
+    include_path: list[str] = field(default_factory=list)
+    """Directories of extra task YAMLs (``configs/eval/tasks`` holds ``less_tydiqa``)."""
+    include_defaults: bool = True
+    """Also index lm-eval's own tasks (off: only ``include_path``, faster)."""

@@ -48,3 +48,38 @@ def targets(
     counts = Counter(r["subtask"] for r in records)
     return {"output": str(out), "benchmark": benchmark, "examples": len(records),
             "subtasks": dict(sorted(counts.items())), "sha256": file_sha256(out)}
+
+
+def build_target_set(settings, output: Path) -> str:
+    """The pipeline's optional step 0: the benchmark's target set written to ``<output>/targets.jsonl``.
+
+    The file is rewritten only when its content changes, so the later steps' fingerprints
+    (which hash the targets file) reuse their results when nothing changed.
+
+    Args:
+        settings: a :class:`~lightning_less.recipes.settings.TargetSetSettings` with ``benchmark`` set.
+        output: the step's directory.
+
+    Returns:
+        The targets file's path.
+
+    Raises:
+        InputError: no ``data`` was given, or the benchmark's files are malformed.
+        MissingInputError: ``data`` does not exist.
+    """
+    from lightning_less.errors import InputError, MissingInputError
+
+    if not settings.data:
+        raise InputError(f"--target_set.data: building the {settings.benchmark} targets needs the benchmark's local "
+                         "copy (see lightning-less targets --help)")
+    if not Path(settings.data).exists():
+        raise MissingInputError(f"--target_set.data: {settings.data} does not exist")
+    records = build_targets(settings.benchmark, settings.data, n_per_subtask=settings.n_per_subtask,
+                            subtasks=settings.subtasks)
+    path = Path(output) / "targets.jsonl"
+    fresh = write_targets(records, Path(output) / ".targets.new.jsonl")
+    if path.exists() and path.read_bytes() == fresh.read_bytes():
+        fresh.unlink()
+    else:
+        fresh.replace(path)
+    return str(path)

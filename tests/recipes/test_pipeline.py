@@ -149,3 +149,29 @@ def test_settings_are_the_papers_defaults_and_frozen():
     with pytest.raises(AttributeError):  # a shared default instance must not be edited in place
         WarmupSettings().epochs = 3
 
+
+
+def test_less_t_trains_another_model_on_the_same_selection(tmp_path):
+    """LESS-T: the tiny model selects, the larger ``small`` model trains on exactly that selection."""
+    from safetensors.torch import load_file
+
+    a, b, t = _pool(tmp_path)
+    settings = _settings()
+    settings["train"] = replace(settings["train"], epochs=1)
+    result = run_pipeline(pool=[str(a), str(b)], targets=[str(t)], output=str(tmp_path / "run"), eval=[str(t)],
+                          max_length=64, seed=0, model="builtin:tiny-llama", **settings)
+    selection = Path(result["selection"])
+    transfer = replace(settings["train"], model_name_or_path="builtin:tiny-llama-small")
+    moved = train_and_evaluate(selection, [str(t)], tmp_path / "less_t", "builtin:tiny-llama", transfer, 64, 0,
+                               settings["trainer"])
+    # Same selection: the same number of training rows, from the selecting model's choice.
+    assert moved["n_train"] == result["train"]["n_train"] == len(read_selection(selection).selected)
+    # Another model: the adapters' LoRA factors have the trained model's width (small: 128, tiny: 64).
+    widths = {}
+    for name, out in (("selecting", tmp_path / "run" / "train"), ("transfer", tmp_path / "less_t")):
+        weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+        widths[name] = {w.shape[1] for k, w in weights.items() if "lora_A" in k}
+    assert widths == {"selecting": {64}, "transfer": {128}}
+    assert moved["target_loss"] != result["train"]["target_loss"]
+    step = json.loads((tmp_path / "less_t" / "step.json").read_text())
+    assert "tiny-llama-small" in json.dumps(step)
