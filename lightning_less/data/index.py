@@ -217,6 +217,10 @@ class RecordIndex(Sequence[Record]):
             out.append(self.sources[s].raw(local))
         return out
 
+    def only_datasets(self) -> bool:
+        """Whether every input is a ``datasets`` input (its selected rows can be saved as a dataset)."""
+        return all(source.unit == "row" for source in self.sources)
+
     def nbytes(self) -> int:
         """Bytes held by the per-record arrays (offsets, lengths, lines and the two codes)."""
         total = self.source_codes.nbytes + self.subtask_codes.nbytes
