@@ -10,7 +10,10 @@ Every record is normalised to a list of chat ``messages`` (``system`` / ``user``
   not empty.
 
 Any malformed record raises :class:`RecordError`, whose message names the file and the
-1-based line number.
+1-based line number. :func:`read_records` returns a
+:class:`~lightning_less.data.index.RecordIndex` (a few integers per record, text read on
+access) and also reads Hugging Face ``datasets`` inputs (:mod:`lightning_less.data.sources`);
+docs/scaling.md says how.
 """
 
 from __future__ import annotations
