@@ -10,11 +10,11 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
+from lightning_less.data.collate import InstructionCollator  # re-exported: callers import it from here
 from lightning_less.data.formatting import IGNORE_INDEX, TemplateName, encode_messages, has_response_token, tulu_prompt
 from lightning_less.data.records import Record, file_sha256, read_records
 from lightning_less.errors import InputError
@@ -94,14 +94,33 @@ class EncodedExample:
     labels: list[int]
 
 
-class InstructionDataset(Dataset):
-    """Tokenized instruction examples with their dataset indices.
+class LazyExamples(Sequence[EncodedExample]):
+    """The kept examples of an :class:`InstructionDataset`, each read and tokenized when accessed."""
 
-    Examples left with no response token after truncation are reported (count and ids in
-    ``dropped``) and left out, so they are never trained on nor given a NaN loss.
+    def __init__(self, dataset: "InstructionDataset") -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return int(self.dataset.example_indices.size)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.dataset.encode(self.dataset.records[int(self.dataset.example_indices[i])])
+
+
+class InstructionDataset(Dataset):
+    """Instruction examples with their dataset indices, read and tokenized when a batch asks for them.
+
+    The records are indexed (validated, a few integers each) and tokenized once in a
+    streaming pass that keeps only integers: examples left with no response token after
+    truncation are reported (count and ids in ``dropped``) and left out, so they are never
+    trained on nor given a NaN loss; ``lengths`` holds each kept example's token count.
+    ``__getitem__`` reads and tokenizes its example again.
 
     Args:
-        files: jsonl files (Tülu ``messages``, ``prompt``/``completion`` or Alpaca).
+        files: jsonl files (Tülu ``messages``, ``prompt``/``completion`` or Alpaca) or
+            ``datasets`` inputs (:mod:`lightning_less.data.sources`).
         tokenizer: a Hugging Face tokenizer.
         max_length: truncate each example to this many tokens.
         template: ``"tulu"`` or ``"chat_template"``.
@@ -131,38 +150,57 @@ class InstructionDataset(Dataset):
         self.with_generation = with_generation
         self.subset = indices is not None or fraction is not None
         self.records = read_records(self.files)
-        chosen = self.records
+        n = len(self.records)
+        chosen = np.arange(n, dtype=np.int64)
         if indices is not None:
-            n = len(self.records)
-            bad = [i for i in indices if not 0 <= int(i) < n]
-            if bad:
-                raise IndexError(f"indices {bad[:5]} are outside the {n} records of {self.files}")
-            chosen = [self.records[int(i)] for i in indices]
+            chosen = np.asarray([int(i) for i in indices], dtype=np.int64)
+            bad = chosen[(chosen < 0) | (chosen >= n)]
+            if bad.size:
+                raise IndexError(f"indices {bad[:5].tolist()} are outside the {n} records of {self.files}")
         if fraction is not None:
             # Sample records, not encoded examples: the subset then depends only on the
             # files and the seed, not on the tokenizer or max_length (LESS-T reuses it
             # across models).
-            chosen = [chosen[i] for i in sample_fraction(len(chosen), fraction, seed)]
-        self.examples: list[EncodedExample] = []
-        self.dropped: list[Record] = []
-        for record in chosen:
+            chosen = chosen[sample_fraction(chosen.size, fraction, seed)]
+        # One streaming pass (in file order when the whole pool is used) that keeps integers only.
+        ordered = self.records if indices is None and fraction is None else (self.records[int(i)] for i in chosen)
+        lengths = np.zeros(chosen.size, dtype=np.int32)
+        keep = np.zeros(chosen.size, dtype=bool)
+        for position, record in enumerate(ordered):
             ids, labels = encode_messages(record.messages, tokenizer, max_length=max_length, template=template)
-            if has_response_token(labels):
-                self.examples.append(EncodedExample(record, ids, labels))
-            else:
-                self.dropped.append(record)
-        if self.dropped:
-            shown = ", ".join(r.id for r in self.dropped[:10])
-            more = "" if len(self.dropped) <= 10 else f" and {len(self.dropped) - 10} more"
+            lengths[position], keep[position] = len(ids), has_response_token(labels)
+        self.example_indices = chosen[keep]
+        self.lengths = lengths[keep]
+        self.dropped_indices = chosen[~keep]
+        if self.dropped_indices.size:
+            dropped = self.dropped_indices
+            shown = ", ".join(self.records[int(i)].id for i in dropped[:10])
+            more = "" if dropped.size <= 10 else f" and {dropped.size - 10} more"
             rank_zero_warn(
-                f"{len(self.dropped)} example(s) of {self.files} have no response token left after truncation to "
+                f"{dropped.size} example(s) of {self.files} have no response token left after truncation to "
                 f"max_length={max_length} and are left out: {shown}{more}"
             )
-        if not self.examples:
+        if not self.example_indices.size:
             raise ValueError(f"no usable examples in {self.files}")
 
+    @property
+    def examples(self) -> LazyExamples:
+        """The kept examples (read and tokenized on access)."""
+        return LazyExamples(self)
+
+    @property
+    def dropped(self) -> list[Record]:
+        """The records left out (no response token after truncation)."""
+        return [self.records[int(i)] for i in self.dropped_indices]
+
+    def encode(self, record: Record) -> EncodedExample:
+        """One record tokenized as training sees it."""
+        ids, labels = encode_messages(record.messages, self.tokenizer, max_length=self.max_length,
+                                      template=self.template)
+        return EncodedExample(record, ids, labels)
+
     def __len__(self) -> int:
-        return len(self.examples)
+        return int(self.example_indices.size)
 
     def data_fingerprint(self) -> dict[str, Any]:
         """The files with their sha256, the number of records and the tokenization (:class:`FingerprintedData`).
@@ -175,7 +213,7 @@ class InstructionDataset(Dataset):
                              "a predict pass runs over whole files (give them as predict_files)")
         fingerprint = {
             "kind": FILES_KIND,
-            "files": [{"path": f, "sha256": file_sha256(f)} for f in self.files],
+            "files": [{"path": f, "sha256": file_sha256(f)} for f in self.files],  # a dataset directory: its files
             "n_examples": len(self.records),
             "max_length": self.max_length,
             "template": self.template,
@@ -189,10 +227,10 @@ class InstructionDataset(Dataset):
     @property
     def excluded_indices(self) -> list[int]:
         """Records with no response token after truncation (``dropped``): no example, but a row."""
-        return [r.index for r in self.dropped]
+        return self.dropped_indices.tolist()
 
     def __getitem__(self, i: int) -> dict:
-        ex = self.examples[i]
+        ex = self.encode(self.records[int(self.example_indices[i])])
         item = {"input_ids": ex.input_ids, "labels": ex.labels, "index": ex.record.index}
         if self.with_generation:
             messages = list(ex.record.messages)
@@ -211,42 +249,6 @@ class InstructionDataset(Dataset):
             if self.tokenizer.bos_token_id is not None:
                 ids = [self.tokenizer.bos_token_id] + ids
         return ids[-self.max_length :]
-
-
-class InstructionCollator:
-    """Pads a list of items into a batch (see docs/architecture.md "Batches")."""
-
-    def __init__(self, pad_token_id: int, padding_side: str = "right") -> None:
-        if padding_side not in ("right", "left"):
-            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-        self.pad_token_id = pad_token_id
-        self.padding_side = padding_side
-
-    def _pad(self, seqs: list[list[int]], value: int, side: str) -> torch.Tensor:
-        width = max(len(s) for s in seqs)
-        out = torch.full((len(seqs), width), value, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            if side == "right":
-                out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            else:
-                out[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-        return out
-
-    def __call__(self, items: list[dict]) -> dict:
-        ids = [it["input_ids"] for it in items]
-        batch = {
-            "input_ids": self._pad(ids, self.pad_token_id, self.padding_side),
-            "attention_mask": self._pad([[1] * len(s) for s in ids], 0, self.padding_side),
-            "labels": self._pad([it["labels"] for it in items], IGNORE_INDEX, self.padding_side),
-            "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
-        }
-        if "prompt_ids" in items[0]:
-            # Generation always left-pads, so every prompt ends where generation starts.
-            prompts = [it["prompt_ids"] for it in items]
-            batch["prompt_input_ids"] = self._pad(prompts, self.pad_token_id, "left")
-            batch["prompt_attention_mask"] = self._pad([[1] * len(p) for p in prompts], 0, "left")
-            batch["references"] = [it["reference"] for it in items]
-        return batch
 
 
 class InstructionDataModule(pl.LightningDataModule):

@@ -10,30 +10,47 @@ Every record is normalised to a list of chat ``messages`` (``system`` / ``user``
   not empty.
 
 Any malformed record raises :class:`RecordError`, whose message names the file and the
-1-based line number.
+1-based line number. :func:`read_records` returns a
+:class:`~lightning_less.data.index.RecordIndex` (a few integers per record, text read on
+access) and also reads Hugging Face ``datasets`` inputs (:mod:`lightning_less.data.sources`);
+docs/scaling.md says how.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from lightning_less.errors import InputError
+
+if TYPE_CHECKING:
+    from lightning_less.data.index import RecordIndex
 
 ROLES = ("system", "user", "assistant")
 
 
 class RecordError(InputError):
-    """A record (or a whole file) that cannot be used, with the file and line it came from."""
+    """A record (or a whole file) that cannot be used, with the file and line (or dataset row) it came from.
 
-    def __init__(self, path: str | os.PathLike, line: int | None, message: str) -> None:
+    Attributes:
+        path: the file, directory or hub name.
+        line: the 1-based line of a jsonl file, the 0-based row of a dataset, or ``None``.
+        reason: the message without its location.
+    """
+
+    def __init__(self, path: str | os.PathLike, line: int | None, message: str, unit: str = "line") -> None:
         self.path = str(path)
         self.line = line
-        where = f"{self.path}:{line}" if line is not None else self.path
+        self.reason = message
+        if line is None:
+            where = self.path
+        else:
+            where = f"{self.path}:{line}" if unit == "line" else f"{self.path}, {unit} {line}"
         super().__init__(f"{where}: {message}")
 
 
@@ -143,54 +160,60 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
                 yield number, stripped
 
 
-def read_jsonl(path: str | os.PathLike, start_index: int = 0) -> list[Record]:
-    """Read and validate every record of one jsonl file."""
-    path = str(path)
-    if os.path.isdir(path):
-        raise RecordError(path, None, "is a directory, expected a jsonl file")
-    records: list[Record] = []
-    stem = Path(path).name
-    for suffix in (".jsonl", ".json"):
+def input_stem(path: str) -> str:
+    """The default ``source`` of an input's records: its file (or directory) name without a data suffix."""
+    stem = Path(path.rstrip("/")).name
+    for suffix in (".jsonl", ".json", ".parquet", ".arrow"):
         if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-    for number, raw in iter_lines(path):
-        try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise RecordError(path, number, f"malformed JSON: {err}") from err
-        if not isinstance(obj, dict):
-            raise RecordError(path, number, f"expected a JSON object, got {type(obj).__name__}")
-        messages = normalise_messages(obj, path, number)
-        rid = obj.get("id")
-        rid = str(rid) if rid not in (None, "") else f"{Path(path).name}:{number}"
-        source = obj.get("dataset") or obj.get("source") or stem
-        subtask = obj.get("subtask")
-        records.append(
-            Record(
-                index=start_index + len(records),
-                id=rid,
-                source=str(source),
-                subtask=None if subtask in (None, "") else str(subtask),
-                path=path,
-                line=number,
-                messages=messages,
-            )
-        )
-    if not records:
-        raise RecordError(path, None, "file is empty: no records found")
-    return records
+            return stem[: -len(suffix)]
+    return stem
 
 
-def read_records(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Record]:
-    """Read several jsonl files into one list of records with global, stable indices."""
+def record_from_obj(obj: Any, path: str, line: int, index: int, stem: str, unit: str = "line") -> Record:
+    """Validate one parsed row (a jsonl object or a dataset row) and make its :class:`Record`.
+
+    Raises:
+        RecordError: naming ``path`` and ``line`` (a dataset's ``row``: ``unit="row"``).
+    """
+    if not isinstance(obj, dict):
+        raise RecordError(path, line, f"expected a JSON object, got {type(obj).__name__}", unit)
+    try:
+        messages = normalise_messages(obj, path, line)
+    except RecordError as err:
+        if unit == "line":
+            raise
+        raise RecordError(path, line, err.reason, unit) from None
+    rid = obj.get("id")
+    rid = str(rid) if rid not in (None, "") else f"{Path(path.rstrip('/')).name}:{line}"
+    source = obj.get("dataset") or obj.get("source") or stem
+    subtask = obj.get("subtask")
+    return Record(index=index, id=rid, source=str(source), subtask=None if subtask in (None, "") else str(subtask),
+                  path=path, line=line, messages=messages)
+
+
+def read_jsonl(path: str | os.PathLike, start_index: int = 0) -> list[Record]:
+    """Read and validate every record of one jsonl file into a list (small files: see :func:`read_records`)."""
+    from lightning_less.data.index import RecordIndex
+
+    return [dataclasses.replace(r, index=start_index + r.index) for r in RecordIndex([path])]
+
+
+def read_records(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> "RecordIndex":
+    """Index several inputs (jsonl files, saved datasets, parquet / arrow files) into one sequence of records.
+
+    Every record is validated now (a bad one raises :class:`RecordError` naming its file and
+    line); the result keeps only byte offsets and small integer codes per record and reads
+    (and re-validates) a record's text when it is accessed. It behaves like the list of
+    records: ``len``, indexing, slicing (a list) and iteration (streamed, in order), with
+    global, stable indices.
+    """
+    from lightning_less.data.index import RecordIndex
+
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
         raise ValueError("no data files given")
-    records: list[Record] = []
-    for p in paths:
-        records.extend(read_jsonl(p, start_index=len(records)))
-    return records
+    return RecordIndex(paths)
 
 
 #: Digests already computed in this process, by version of the file (real path, size, mtime, inode).
@@ -198,12 +221,23 @@ _SHA256: dict[tuple[str, int, int, int], str] = {}
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The sha256 hex digest of a file's bytes.
+    """The sha256 hex digest of a file's bytes (of a directory: of its files' names and digests).
 
     Computed once per version of the file in a process: the selection, its manifest and the
     stores' provenance checks all ask for the same (possibly large) pool files, and a file
-    rewritten in place gets a new mtime and is hashed again.
+    rewritten in place gets a new mtime and is hashed again. A saved dataset directory is
+    identified by every file under it (sorted relative paths and their digests), a hub
+    dataset (``hf://...``) by the dataset's own ``_fingerprint``.
     """
+    if str(path).startswith("hf://"):
+        from lightning_less.data.sources import hub_fingerprint
+
+        return hub_fingerprint(str(path))
+    if os.path.isdir(path):
+        h = hashlib.sha256()
+        for rel in _files_under(path):
+            h.update(f"{rel}\0{file_sha256(os.path.join(path, rel), chunk)}\n".encode("utf-8"))
+        return h.hexdigest()
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _SHA256:
@@ -218,13 +252,35 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return _SHA256[key]
 
 
+def _files_under(path: str | os.PathLike) -> list[str]:
+    """Relative paths of the regular files under a directory, sorted."""
+    out = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        out.extend(os.path.relpath(os.path.join(root, f), path) for f in files)
+    return sorted(out)
+
+
+def input_bytes(path: str | os.PathLike) -> int | None:
+    """Size in bytes of an input file or of every file under a directory; ``None`` for a hub dataset."""
+    if str(path).startswith("hf://"):
+        return None
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(path, rel)) for rel in _files_under(path))
+    return os.path.getsize(path)
+
+
 def files_fingerprint(paths: Iterable[str | os.PathLike]) -> list[dict]:
-    """``[{"path", "sha256", "bytes"}]`` for each file, for manifests."""
-    return [{"path": str(p), "sha256": file_sha256(p), "bytes": os.path.getsize(p)} for p in paths]
+    """``[{"path", "sha256", "bytes"}]`` for each input (file, dataset directory or hub name), for manifests."""
+    return [{"path": str(p), "sha256": file_sha256(p), "bytes": input_bytes(p)} for p in paths]
 
 
 def read_raw_lines(records: Sequence[Record]) -> list[bytes]:
     """The exact input bytes (without line ending) of each record, in the order given."""
+    from lightning_less.data.index import RecordIndex
+
+    if isinstance(records, RecordIndex):
+        return records.raw_lines(range(len(records)))
     wanted: dict[str, set[int]] = {}
     for r in records:
         wanted.setdefault(r.path, set()).add(r.line)

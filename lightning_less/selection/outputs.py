@@ -7,7 +7,11 @@ A selection directory holds three files, written by one function for every metho
   ``score`` is empty for methods without scores, ``rank`` is 1-based and empty for
   examples not selected.
 * ``selected.jsonl``: the selected records' input lines, byte for byte (without their
-  original line ending; each written with ``"\\n"``), in rank order.
+  original line ending; each written with ``"\\n"``), in rank order. A record of a
+  ``datasets`` input is written as one JSON object: its row's non-null columns, in column
+  order (``json.dumps(..., ensure_ascii=False)``), so the file reads back as the same records.
+* ``selected_dataset/`` (only when every pool input is a ``datasets`` input): the selected
+  rows, in rank order, as ``Dataset.select(indices).save_to_disk`` writes them.
 * ``manifest.json``: method, budget, seed, inputs (pool files with sha256), sizes,
   library version and method parameters. It is written last and is the commit mark:
   a directory without it is not a selection.
@@ -31,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lightning_less.data.index import RecordIndex
 from lightning_less.data.records import Record, files_fingerprint, read_raw_lines
 from lightning_less.errors import IncompatibleError, InputError, MissingInputError, StaleOutputError
 from lightning_less.stores.files import make_temp_dir, read_json, remove_temps
@@ -41,6 +46,8 @@ SCORES_FILE = "scores.csv"
 SELECTED_FILE = "selected.jsonl"
 MANIFEST_FILE = "manifest.json"
 SELECTION_FILES = (SCORES_FILE, SELECTED_FILE, MANIFEST_FILE)
+SELECTED_DATASET = "selected_dataset"  # a pool of datasets only: the selected rows as a saved dataset
+RAW_CHUNK = 65_536  # selected lines read back (and held) at a time
 
 
 class StaleSelectionError(StaleOutputError, ValueError):
@@ -72,6 +79,8 @@ class Selection:
 
 
 def _pool_files(records: Sequence[Record]) -> list[str]:
+    if isinstance(records, RecordIndex):
+        return list(records.paths)
     paths: list[str] = []
     for r in records:
         if not paths or paths[-1] != r.path:
@@ -84,6 +93,8 @@ def _pool_files(records: Sequence[Record]) -> list[str]:
 def _check_records(records: Sequence[Record]) -> None:
     if not records:
         raise ValueError("the pool is empty")
+    if isinstance(records, RecordIndex):
+        return  # numbered in order by construction: no need to read every record again
     for position, r in enumerate(records):
         if r.index != position:
             raise ValueError(
@@ -149,15 +160,25 @@ def _write_files(tmp: Path, records: Sequence[Record], scores: np.ndarray | None
             row.extend([1 if rank[i] else 0, rank[i] if rank[i] else ""])
             writer.writerow(row)
         _sync(f)
-    lines = read_raw_lines([records[i] for i in sel])
     with open(tmp / SELECTED_FILE, "wb") as f:
-        for line in lines:
-            f.write(line + b"\n")
+        for start in range(0, sel.size, RAW_CHUNK):
+            for line in _raw_lines(records, sel[start:start + RAW_CHUNK]):
+                f.write(line + b"\n")
         _sync(f)
+    if isinstance(records, RecordIndex) and records.only_datasets():
+        from lightning_less.data.sources import selected_dataset
+
+        selected_dataset(records.sources, sel, str(tmp / SELECTED_DATASET))
     with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, default=_json_default)
         f.write("\n")
         _sync(f)
+
+
+def _raw_lines(records: Sequence[Record], indices: np.ndarray) -> list[bytes]:
+    if isinstance(records, RecordIndex):
+        return records.raw_lines(indices)
+    return read_raw_lines([records[int(i)] for i in indices])
 
 
 def _sync(f: Any) -> None:
@@ -252,6 +273,10 @@ def write_selection(
                     raise FileExistsError(_exists_message(out_dir))
                 # Remove the commit mark first so the old set is never read beside new files.
                 (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+            # A selected_dataset left by an earlier selection is stale whatever this one writes.
+            shutil.rmtree(out_dir / SELECTED_DATASET, ignore_errors=True)
+            if (tmp / SELECTED_DATASET).is_dir():
+                os.replace(tmp / SELECTED_DATASET, out_dir / SELECTED_DATASET)
             for name in (SCORES_FILE, SELECTED_FILE, MANIFEST_FILE):
                 os.replace(tmp / name, out_dir / name)
         finally:
@@ -365,5 +390,5 @@ def _verify_pool(out_dir: Path, manifest: dict, selected: np.ndarray, records: S
             written = f.read().split(b"\n")[:-1]
     except FileNotFoundError:
         raise MissingInputError(f"{out_dir / SELECTED_FILE} is missing: the selection is incomplete. {REWRITE}") from None
-    if written != read_raw_lines([records[i] for i in selected]):
+    if written != _raw_lines(records, selected):
         raise StaleSelectionError(f"{out_dir}: {SELECTED_FILE} does not match the pool records it names")

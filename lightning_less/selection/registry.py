@@ -64,7 +64,7 @@ class SelectionRequest:
     """One selection as asked for: pool, targets, budget and every method's options (each method reads its own)."""
 
     pool: Sequence[str]
-    """The pool's jsonl files (one global selection over all of them)."""
+    """The pool's jsonl files or datasets inputs (saved dir, parquet, arrow, hf://name; one global selection)."""
     targets: Sequence[str] = ()
     """Target examples' jsonl files (a ``subtask`` field groups them); less, rds, bm25 and dsir need them."""
     fraction: float | None = None

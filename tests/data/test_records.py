@@ -346,6 +346,15 @@ def test_read_raw_lines_file_changed(write_jsonl):
     path = write_jsonl("a.jsonl", [GOOD, GOOD])
     records = read_records(path)
     Path(path).write_text(json.dumps(GOOD) + "\n")
-    with pytest.raises(RecordError) as info:
+    with pytest.raises(RecordError, match="changed since it was read") as info:
         read_raw_lines(records)
+    # The index notices the new file version at the first line it reads back.
+    assert (info.value.path, info.value.line) == (path, 1)
+    # A list of records (e.g. from another reader) is still matched by line number.
+    with pytest.raises(RecordError) as info:
+        read_raw_lines([_stale_record(path, 2)])
     assert (info.value.path, info.value.line) == (path, 2)
+
+
+def _stale_record(path: str, line: int) -> Record:
+    return Record(index=0, id="x", source="a", subtask=None, path=path, line=line, messages=())

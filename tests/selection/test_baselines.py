@@ -128,3 +128,27 @@ def test_random_select():
     assert random_select(5, 5, seed=3).tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="k must be"):
         random_select(5, 6, seed=0)
+
+
+def test_bm25_compact_index_equals_bm25s_to_the_bit():
+    # Catches: a different idf / length normalisation / summation order than bm25s's lucene variant.
+    import bm25s
+
+    from lightning_less.selection.baselines import bm25_scores
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(40)]
+
+    def rec(i: int, n_words: int, subtask: str | None = None) -> Record:
+        text = " ".join(words[j] for j in rng.integers(0, 40, size=n_words))
+        return Record(i, str(i), "s", subtask, "p", i + 1,
+                      ({"role": "user", "content": text or "x"}, {"role": "assistant", "content": "a b"}))
+
+    pool = [rec(i, int(rng.integers(0, 15))) for i in range(300)]
+    targets = [rec(i, 6, f"t{i % 2}") for i in range(6)]
+    _, per_subtask, _ = bm25_scores(pool, targets)
+    ref = bm25s.BM25(k1=1.5, b=0.75, method="lucene", dtype="float64")
+    ref.index([tokenize(r.prompt_text) for r in pool], show_progress=False)
+    for s, name in enumerate(("t0", "t1")):
+        query = [t for r in targets if r.subtask == name for t in tokenize(r.text)]
+        np.testing.assert_array_equal(per_subtask[:, s], ref.get_scores(ref.get_tokens_ids(query)))
