@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-datasets = pytest.importorskip("datasets")
+import datasets  # a dependency of the package: missing it is a failure, not a skip
 
 from lightning_less.selection.outputs import SELECTED_DATASET, StaleSelectionError, read_selection  # noqa: E402
 from lightning_less.selection.runner import run_selection  # noqa: E402
