@@ -10,9 +10,9 @@ Layout of a store directory (docs/architecture.md, "Gradient datastore"):
   creation, so a manifest implies that every array exists.
 * ``features/<snapshot>/dim_<d>.npy``: [n_examples, d] unnormalised features in dataset
   order (for an ``int8`` / ``1bit`` store: their codes, with ``dim_<d>.scale.npy``
-  beside them; :mod:`lightning_less.stores.quantize`), created at full size with every block allocated (``os.posix_fallocate``: a
-  full disk is an error at create time, never a ``SIGBUS`` in the middle of a pass), so
-  any rank can write any row.
+  beside them; :mod:`lightning_less.stores.quantize`), created at full size with every
+  block allocated (``os.posix_fallocate``: a full disk is an error at create time, never
+  a ``SIGBUS`` in the middle of a pass), so any rank can write any row.
 * ``done/<snapshot>.npy``: bool [n_examples], one mask per snapshot, because the
   gradient pass loads one snapshot at a time; a row is marked done only after it was
   written for every dim of that snapshot and the feature arrays were flushed.
@@ -252,9 +252,6 @@ class GradientDatastore:
     def manifest(self) -> dict[str, Any]:
         """A copy of the manifest."""
         return json.loads(json.dumps(self._manifest))
-
-    def _feature_path(self, snapshot: str, dim: int) -> Path:
-        return self.path / "features" / snapshot / f"dim_{dim}.npy"
 
     def _specs(self, snapshot: str, dim: int) -> list[tuple[Path, tuple[int, ...], np.dtype]]:
         return array_specs(self.path / "features" / snapshot, dim, self.n_examples, self.dtype)
