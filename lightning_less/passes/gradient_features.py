@@ -92,7 +92,7 @@ class GradientFeatureModule(pl.LightningModule):
             the CLI links it to the datamodule's tokenizer).
         dtype: base model dtype when loaded by name (see ``LoRAInstructionTuningModule``).
         attn_implementation: passed to ``from_pretrained`` when loaded by name.
-        store_dtype: ``float16`` (as the reference) or ``float32``.
+        store_dtype: ``float16`` (as the reference), ``float32``, ``int8`` or ``1bit`` (quantized as rows arrive).
         overwrite: replace an existing store built differently (a compatible one is resumed).
         projection_buffer_bytes: for projectors with a fixed cost per call (TRAK's ``BasicProjector``
             regenerates its matrix unless cached), collect up to this many bytes of gradient rows

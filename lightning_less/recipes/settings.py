@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 Projector = Literal["trak_basic", "trak_cuda", "sparse_jl"]
-StoreDtype = Literal["float16", "float32"]
+StoreDtype = Literal["float16", "float32", "int8", "1bit"]
 Aggregation = Literal["max_subtask_mean", "mean", "round_robin"]
 
 PROJECTORS: tuple[str, ...] = get_args(Projector)
@@ -63,7 +63,7 @@ class FeatureSettings:
     batch_size: int = 8
     """Examples per gradient pass batch (a speed setting; features do not depend on it). Default 8."""
     store_dtype: StoreDtype = "float16"
-    """Dtype of the stored features: ``float16`` (as the paper's code) or ``float32``. Default ``float16``."""
+    """Dtype of the stored features: ``float16`` (as the paper's code), ``float32``, or quantized (QLESS-style) ``int8`` (one scale per row, 2x smaller than fp16) or ``1bit`` (signs only, 16x smaller; scores are cosines of sign vectors). Pool and target stores must be quantized alike. Default ``float16``."""
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ hard-codes equal contiguous groups, docs/algorithms.md §1.5).
 Because ``mean_z <a, b_z> = <a, mean_z b_z>``, each snapshot's normalised target
 features are reduced once to a ``[S, d]`` matrix ``M_i`` of per-subtask means, and a
 block of pool rows costs one ``[B, d] @ [d, S]`` matmul per snapshot. The pool is
-streamed in row blocks, so peak memory does not grow with the pool size: a block is
-copied out of the (possibly memory-mapped, fp16) array into reused buffers, the next
-block being read by a background thread while the current one is scored; for a
-``np.memmap`` the pages of a consumed block are released, so they do not pile up in
-the process's resident set (``benchmarks/scoring.py``: 13 GB store, peak RSS about 0.6 GB).
+streamed in row blocks (:mod:`lightning_less.selection.blocks`), so peak memory does not
+grow with the pool size (``benchmarks/scoring.py``: 13 GB store, peak RSS about 0.6 GB);
+the rows of a quantized (``int8`` / ``1bit``) store are dequantized block by block, and
+since a cosine ignores a row's scale, the scores are the cosines of the dequantized rows.
+The rows can be shared by several processes (:mod:`lightning_less.selection.ranks`).
 
 Zero norms: a feature row whose L2 norm is zero or not finite has no direction, so
 its cosine is undefined. Such rows are refused with a :class:`ValueError` naming the
@@ -31,13 +31,14 @@ response token or the gradient pass failed, and silently scoring it 0 would hide
 
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from lightning_less.selection.blocks import BlockReader
+from lightning_less.selection.ranks import all_reduce_rows, resolve_ranks, row_range
 
 AGGREGATIONS = ("max_subtask_mean", "mean", "round_robin")
 
@@ -57,6 +58,10 @@ class InfluenceScores:
         subtasks: the ``S`` subtask names, in order of first appearance among targets.
         weights: the snapshot weights ``w_i`` (they sum to 1).
         aggregation: how ``score`` was formed from ``per_subtask``.
+        rows: ``(start, stop)`` when these are only the pool rows ``[start, stop)`` one
+            rank scored (explicit ``rank`` / ``world_size``; join with
+            :func:`merge_rank_scores`); ``None`` for the whole pool.
+        group_sizes: targets per subtask (what ``"mean"`` weighs the subtasks by).
     """
 
     score: np.ndarray
@@ -64,6 +69,8 @@ class InfluenceScores:
     subtasks: tuple[str, ...]
     weights: tuple[float, ...]
     aggregation: str
+    rows: tuple[int, int] | None = None
+    group_sizes: tuple[int, ...] = ()
 
 
 def group_subtasks(labels: Sequence[str]) -> tuple[tuple[str, ...], list[np.ndarray]]:
@@ -120,100 +127,6 @@ def _shape2(x: Any, what: str) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-class _MappedRows:
-    """Releases the pages of consumed rows of a ``np.memmap`` (or a row-strided view of one).
-
-    ``MADV_DONTNEED`` drops the pages from this process's resident set; they stay in
-    the OS page cache. Without it every touched page of a memory-mapped store counts
-    in RSS until the end of the pass.
-    """
-
-    def __init__(self, array: np.memmap) -> None:
-        self.mapped: mmap.mmap = array._mmap
-        view = np.frombuffer(self.mapped, dtype=np.uint8)
-        self.base = view.ctypes.data
-        self.size = view.size
-        del view  # release the buffer export at once
-        self.array = array
-
-    @staticmethod
-    def usable(array: Any) -> bool:
-        return (
-            isinstance(array, np.memmap)
-            and getattr(array, "_mmap", None) is not None
-            and hasattr(mmap, "MADV_DONTNEED")
-            and array.strides[1] == array.itemsize
-            and array.strides[0] > 0
-        )
-
-    def release(self, start: int, stop: int) -> None:
-        first = self.array[start].ctypes.data - self.base
-        last = self.array[stop - 1].ctypes.data - self.base + self.array.strides[1] * self.array.shape[1]
-        first -= first % mmap.PAGESIZE
-        self.mapped.madvise(mmap.MADV_DONTNEED, first, min(last, self.size) - first)
-
-
-class _BlockReader:
-    """Reads row blocks of the pool arrays one step ahead of their use.
-
-    Blocks are read in the order they are scored (block 0 of every snapshot, then
-    block 1, ...). A single background thread copies the next block from disk into
-    one of two reused host buffers while the current one is scored, so reading the
-    store and scoring overlap (numpy releases the GIL while copying). The fp32 buffer
-    is shared by all snapshots, so peak memory is about two blocks in their stored
-    dtype plus one fp32 block, whatever the pool size.
-    """
-
-    def __init__(self, pool: Sequence[Any], block_size: int, device: torch.device) -> None:
-        self.pool = pool
-        self.block_size = block_size
-        self.device = device
-        self._host: dict[tuple[np.dtype, int, int], np.ndarray] = {}
-        self._fp32: dict[int, torch.Tensor] = {}
-        self._mapped = [_MappedRows(a) if _MappedRows.usable(a) else None for a in pool]
-
-    def _fetch(self, i: int, start: int, stop: int, slot: int) -> Any:
-        array = self.pool[i]
-        if isinstance(array, torch.Tensor):
-            return array[start:stop].detach()
-        d = int(array.shape[1])
-        dtype = np.asarray(array[:0]).dtype
-        host = self._host.get((dtype, d, slot))
-        if host is None:
-            host = self._host[(dtype, d, slot)] = np.empty((self.block_size, d), dtype=dtype)
-        host = host[: stop - start]
-        np.copyto(host, array[start:stop], casting="unsafe")
-        if self._mapped[i] is not None:
-            self._mapped[i].release(start, stop)
-        return torch.from_numpy(host)
-
-    def _to_fp32(self, src: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cpu":
-            return src.to(device=self.device).to(torch.float32)
-        rows, d = src.shape
-        out = self._fp32.get(d)
-        if out is None:
-            out = self._fp32[d] = torch.empty((self.block_size, d), dtype=torch.float32)
-        out = out[:rows]
-        out.copy_(src)  # torch's fp16 -> fp32 copy is several times faster than numpy's astype
-        return out
-
-    def blocks(self, n: int) -> Iterator[tuple[int, int, int, torch.Tensor]]:
-        """Yield ``(snapshot, start, stop, fp32 rows)``; each tensor is valid until the next one."""
-        tasks = [(i, start, min(start + self.block_size, n)) for start in range(0, n, self.block_size)
-                 for i in range(len(self.pool))]
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="influence-read") as io:
-            pending = io.submit(self._fetch, *tasks[0], 0)
-            for k, (i, start, stop) in enumerate(tasks):
-                src = pending.result()
-                if k + 1 < len(tasks):
-                    # Slot (k + 1) % 2 was last used by task k - 1, which is finished.
-                    pending = io.submit(self._fetch, *tasks[k + 1], (k + 1) % 2)
-                yield i, start, stop, self._to_fp32(src)
-            # An exception in the consumer leaves at most one read in flight; the
-            # executor's exit waits for it.
-
-
 def _auto_block_size(d: int) -> int:
     return max(1, _DEFAULT_BLOCK_BYTES // (4 * max(d, 1)))
 
@@ -226,12 +139,17 @@ def influence_scores(
     aggregation: str = "max_subtask_mean",
     block_size: int | None = None,
     device: str | torch.device = "cpu",
+    distributed: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> InfluenceScores:
     """LESS influence scores of every pool example (docs/algorithms.md §1.5).
 
     Args:
         pool: one ``[n, d_i]`` array per snapshot (numpy, ``np.memmap`` of any float
-            dtype such as fp16, or torch), the pool's unnormalised projected Adam features.
+            dtype such as fp16, torch, or the :class:`~lightning_less.stores.quantize.QuantizedRows`
+            of an int8 / 1-bit store, dequantized block by block), the pool's unnormalised
+            projected Adam features.
         targets: one ``[m, d_i]`` array per snapshot, the targets' unnormalised SGD features.
         snapshot_lrs: ``eta_i``, the mean learning rate of each snapshot's epoch.
         target_subtasks: ``m`` subtask labels, one per target row.
@@ -241,13 +159,19 @@ def influence_scores(
             :func:`lightning_less.selection.budget.round_robin_top_k` on ``per_subtask``).
         block_size: pool rows per block (default: about 64 MiB of fp32 per block).
         device: torch device for the matmuls (``"cpu"`` or ``"cuda"``).
+        distributed: every rank of the initialised ``torch.distributed`` process group
+            calls this: each scores its share of the rows, and every rank gets all of
+            them back (equal to one process; :mod:`lightning_less.selection.ranks`).
+        rank: with ``world_size``, without a process group: score only this rank's rows
+            (the result's ``rows``); join the ranks' results with :func:`merge_rank_scores`.
+        world_size: how many ranks share the rows.
 
     Returns:
         The :class:`InfluenceScores`.
 
     Raises:
         ValueError: on mismatched shapes, bad learning rates, an unknown aggregation,
-            or a feature row with zero or non-finite norm.
+            a feature row with zero or non-finite norm, or bad rank arguments.
 
     Example::
 
@@ -264,6 +188,7 @@ def influence_scores(
         )
     weights = snapshot_weights(snapshot_lrs)
     names, groups = group_subtasks(target_subtasks)
+    rank, world_size, in_group = resolve_ranks(distributed, rank, world_size)
     device = torch.device(device)
 
     n = None
@@ -300,16 +225,17 @@ def influence_scores(
         block_size = _auto_block_size(max(_shape2(p, "pool")[1] for p in pool))
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
-    reader = _BlockReader(pool, min(block_size, n), device)
+    reader = BlockReader(pool, min(block_size, n), device)
+    first, stop = row_range(n, reader.block_size, rank, world_size)
     if device.type == "cpu":
         # On CPU the [B, d] @ [d, S] product goes through numpy: torch's MKL sgemm was
         # 2x slower than numpy's OpenBLAS for this skinny shape on AMD EPYC
         # (benchmarks/scoring.py); both are fp32.
         subtask_means_np = [m.numpy() for m in subtask_means]
 
-    per_subtask = np.zeros((n, len(names)), dtype=np.float32)
+    per_subtask = np.zeros((stop - first, len(names)), dtype=np.float32)
     with torch.no_grad():
-        for i, start, stop, x in reader.blocks(n):
+        for i, start, end, x in reader.blocks(first, stop):
             norms = torch.linalg.vector_norm(x, dim=1)
             _check_norms(norms, f"pool features of snapshot {i}", offset=start)
             # (x / |x|) @ M_i == (x @ M_i) / |x|: saves a pass over the block.
@@ -319,20 +245,44 @@ def influence_scores(
             else:
                 part = ((x @ subtask_means[i]) / norms[:, None]).cpu().numpy()
             # Snapshots of a block arrive in order: the sum over i is accumulated in order.
-            per_subtask[start:stop] += part
+            per_subtask[start - first : end - first] += part
+    if in_group:
+        per_subtask = all_reduce_rows(per_subtask, first, n)
+    sharded = world_size > 1 and not in_group
+    return _aggregated(per_subtask, names, tuple(len(g) for g in groups), tuple(float(w) for w in weights),
+                       aggregation, (first, stop) if sharded else None)
 
+
+def _aggregated(per_subtask: np.ndarray, names: tuple[str, ...], sizes: tuple[int, ...], weights: tuple[float, ...],
+                aggregation: str, rows: tuple[int, int] | None) -> InfluenceScores:
     if aggregation == "mean":
-        sizes = np.array([len(g) for g in groups], dtype=np.float64)
-        score = (per_subtask.astype(np.float64) @ (sizes / sizes.sum())).astype(np.float32)
+        share = np.asarray(sizes, dtype=np.float64)
+        score = (per_subtask.astype(np.float64) @ (share / share.sum())).astype(np.float32)
     else:
-        score = per_subtask.max(axis=1)
-    return InfluenceScores(
-        score=score,
-        per_subtask=per_subtask,
-        subtasks=names,
-        weights=tuple(float(w) for w in weights),
-        aggregation=aggregation,
-    )
+        score = per_subtask.max(axis=1) if per_subtask.shape[0] else np.zeros(0, dtype=np.float32)
+    return InfluenceScores(score=score, per_subtask=per_subtask, subtasks=names, weights=weights,
+                           aggregation=aggregation, rows=rows, group_sizes=sizes)
+
+
+def merge_rank_scores(parts: Sequence[InfluenceScores]) -> InfluenceScores:
+    """Join the results of every rank of an explicit ``rank`` / ``world_size`` scoring into the whole pool's.
+
+    Raises:
+        ValueError: parts of different scorings, or rows missing or scored twice.
+    """
+    parts = sorted(parts, key=lambda p: p.rows[0] if p.rows else -1)
+    if not parts or any(p.rows is None for p in parts):
+        raise ValueError("merge_rank_scores joins the results of influence_scores(..., rank=, world_size=)")
+    first = parts[0]
+    for before, part in zip(parts, parts[1:]):
+        if (part.subtasks, part.weights, part.aggregation) != (first.subtasks, first.weights, first.aggregation):
+            raise ValueError("the parts come from different scorings (subtasks, weights or aggregation differ)")
+        if part.rows[0] != before.rows[1]:
+            raise ValueError(f"rows {before.rows} and {part.rows}: the ranks' rows must follow each other exactly")
+    if first.rows[0] != 0:
+        raise ValueError(f"rows before {first.rows[0]} are in no part: give every rank's result")
+    return _aggregated(np.concatenate([p.per_subtask for p in parts]), first.subtasks, first.group_sizes,
+                       first.weights, first.aggregation, None)
 
 
 def cosine_scores(

@@ -9,9 +9,10 @@ Layout of a store directory (docs/architecture.md, "Gradient datastore"):
   Always written atomically (temp file + ``os.replace``), and written *last* on
   creation, so a manifest implies that every array exists.
 * ``features/<snapshot>/dim_<d>.npy``: [n_examples, d] unnormalised features in dataset
-  order, created at full size with every block allocated (``os.posix_fallocate``: a
-  full disk is an error at create time, never a ``SIGBUS`` in the middle of a pass), so
-  any rank can write any row.
+  order (for an ``int8`` / ``1bit`` store: their codes, with ``dim_<d>.scale.npy``
+  beside them; :mod:`lightning_less.stores.quantize`), created at full size with every
+  block allocated (``os.posix_fallocate``: a full disk is an error at create time, never
+  a ``SIGBUS`` in the middle of a pass), so any rank can write any row.
 * ``done/<snapshot>.npy``: bool [n_examples], one mask per snapshot, because the
   gradient pass loads one snapshot at a time; a row is marked done only after it was
   written for every dim of that snapshot and the feature arrays were flushed.
@@ -44,7 +45,8 @@ from lightning_less.stores.files import (DiskFullError, allocate_npy, ensure_all
                                          open_npy, remove_temps, write_json_atomic)
 from lightning_less.stores.lock import DirectoryLock, lock_for_writer
 from lightning_less.stores.manifest import (FORMAT_VERSION, MANIFEST, PROGRESS_KEYS, REBUILD, SCORING_KEYS,
-                                            build_manifest, diff, normalise, read_manifest, without)
+                                            build_manifest, diff, incompatibilities, normalise, read_manifest, without)
+from lightning_less.stores.quantize import QuantizedRows, array_specs, encode, is_quantized
 
 __all__ = ["GradientDatastore", "FORMAT_VERSION", "SCORING_KEYS"]
 
@@ -79,18 +81,21 @@ class GradientDatastore:
         self.dtype: str = manifest["dtype"]
         mm = "r+" if mode == "r+" else "r"
         self._arrays: dict[tuple[str, int], np.memmap] = {}
+        self._scales: dict[tuple[str, int], np.memmap] = {}  # per-row scales of a quantized store
         self._done: dict[str, np.memmap] = {}
         # Once per open: header, dtype, shape and exact size of every file, before any memmap.
         for snap in self.snapshots:
             for dim in self.dims:
-                self._arrays[snap, dim] = open_npy(self._feature_path(snap, dim), (self.n_examples, dim), self.dtype,
-                                                   mm, REBUILD)
+                (file, shape, dtype), *scale = self._specs(snap, dim)
+                self._arrays[snap, dim] = open_npy(file, shape, dtype, mm, REBUILD)
+                if scale:
+                    self._scales[snap, dim] = open_npy(*scale[0], mm, REBUILD)
             done = open_npy(self._done_path(snap), (self.n_examples,), np.bool_, mm, REBUILD)
             if np.asarray(done).view(np.uint8).max(initial=0) > 1:
                 raise InputError(f"{self._done_path(snap)} is corrupt: a done mask holds bytes other than 0 and 1. {REBUILD}")
             self._done[snap] = done
         if mode == "r+":  # a store made sparse by an older version: allocate before writing rows into it
-            for file in [*(self._feature_path(s, d) for s, d in self._arrays), *map(self._done_path, self.snapshots)]:
+            for file in [*(f for s, d in self._arrays for f, _, _ in self._specs(s, d)), *map(self._done_path, self.snapshots)]:
                 ensure_allocated(file)
         # Rows written in this session, per array: mark_done checks that every dim got them.
         self._written = {key: np.zeros(self.n_examples, dtype=bool) for key in self._arrays} if mode == "r+" else {}
@@ -112,7 +117,8 @@ class GradientDatastore:
             snapshots: snapshot names (directory names, e.g. ``epoch_000``).
             dims: projection dims.
             n_examples: rows of every array (the dataset size).
-            dtype: storage dtype, ``float16`` (as the reference) or ``float32``.
+            dtype: storage dtype, ``float16`` (as the reference), ``float32``, or quantized
+                ``int8`` / ``1bit`` (:mod:`lightning_less.stores.quantize`).
             overwrite: replace an existing store whose manifest differs, or that is
                 corrupt (a truncated or unreadable file).
 
@@ -182,8 +188,9 @@ class GradientDatastore:
                                       "write a datastore there")
             cls._remove(path)
             remove_temps(path, f".{MANIFEST}.", ".tmp")  # left by a writer killed while replacing the manifest
-        n, dtype = full["n_examples"], np.dtype(full["dtype"])
-        files = [(path / "features" / s / f"dim_{d}.npy", (n, d), dtype) for s in full["snapshots"] for d in full["dims"]]
+        n = full["n_examples"]
+        files = [spec for s in full["snapshots"] for d in full["dims"]
+                 for spec in array_specs(path / "features" / s, d, n, full["dtype"])]
         files += [(path / "done" / f"{s}.npy", (n,), np.dtype(np.bool_)) for s in full["snapshots"]]
         try:
             for file, shape, file_dtype in files:
@@ -221,7 +228,7 @@ class GradientDatastore:
     def close(self) -> None:
         """Flush, stop writing and release the lock (reading stays possible); idempotent."""
         if self.mode == "r+":
-            for arr in [*self._arrays.values(), *self._done.values()]:
+            for arr in [*self._arrays.values(), *self._scales.values(), *self._done.values()]:
                 arr.flush()
             self.mode = "r"
         if self._lock is not None:
@@ -246,8 +253,8 @@ class GradientDatastore:
         """A copy of the manifest."""
         return json.loads(json.dumps(self._manifest))
 
-    def _feature_path(self, snapshot: str, dim: int) -> Path:
-        return self.path / "features" / snapshot / f"dim_{dim}.npy"
+    def _specs(self, snapshot: str, dim: int) -> list[tuple[Path, tuple[int, ...], np.dtype]]:
+        return array_specs(self.path / "features" / snapshot, dim, self.n_examples, self.dtype)
 
     def _done_path(self, snapshot: str) -> Path:
         return self.path / "done" / f"{snapshot}.npy"
@@ -273,7 +280,7 @@ class GradientDatastore:
             raise PermissionError(f"{self.path} is complete; create a new store instead of changing it")
 
     def write(self, snapshot: str, dim: int, indices: Sequence[int] | np.ndarray, features: Any) -> None:
-        """Write float32 feature rows at dataset ``indices`` (stored in the store's dtype).
+        """Write float32 feature rows at dataset ``indices`` (stored in the store's dtype, quantized if int8/1bit).
 
         Raises:
             ValueError: non-finite features, or values the storage dtype cannot hold
@@ -289,16 +296,10 @@ class GradientDatastore:
             raise ValueError(f"features of shape {feats.shape}, expected ({idx.size}, {dim})")
         if not np.isfinite(feats).all():
             raise ValueError(f"non-finite features for indices {idx[~np.isfinite(feats).all(axis=1)][:10].tolist()}")
-        with np.errstate(over="ignore"):  # overflow is detected just below, with a clearer message
-            stored = feats.astype(self.dtype)
-        if not np.isfinite(stored).all():
-            raise ValueError(f"features up to {np.abs(feats).max():.3g} overflow {self.dtype} (max "
-                             f"{np.finfo(self.dtype).max:.3g}); create the store with dtype='float32'")
-        lost = (stored == 0).all(axis=1) & (feats != 0).any(axis=1)
-        if lost.any():
-            raise ValueError(f"nonzero features underflow to zero in {self.dtype} for indices {idx[lost][:10].tolist()}; "
-                             "create the store with dtype='float32'")
+        stored, scales = encode(feats, self.dtype, idx)
         self._arrays[snapshot, dim][idx] = stored
+        if scales is not None:
+            self._scales[snapshot, dim][idx] = scales
         self._written[snapshot, dim][idx] = True
 
     def mark_done(self, snapshot: str, indices: Sequence[int] | np.ndarray) -> None:
@@ -312,6 +313,8 @@ class GradientDatastore:
                 raise ValueError(f"rows {missing[:10].tolist()} of snapshot {snapshot!r} were not written for dim {dim}")
         for dim in self.dims:  # features reach the file before the mask says so
             self._arrays[snapshot, dim].flush()
+            if (snapshot, dim) in self._scales:
+                self._scales[snapshot, dim].flush()
         self._done[snapshot][idx] = True
         self._done[snapshot].flush()
 
@@ -331,8 +334,9 @@ class GradientDatastore:
         """True only for a finalized store (``"complete": true`` in its manifest)."""
         return self._manifest.get("complete") is True
 
-    def features(self, snapshot: str, dim: int, allow_incomplete: bool = False) -> np.ndarray:
-        """The read-only [n_examples, dim] feature array of ``snapshot`` (a memmap).
+    def features(self, snapshot: str, dim: int, allow_incomplete: bool = False) -> np.ndarray | QuantizedRows:
+        """The read-only [n_examples, dim] feature array of ``snapshot``: a memmap, or for an ``int8`` / ``1bit``
+        store a :class:`~lightning_less.stores.quantize.QuantizedRows` that dequantizes the rows it is indexed with.
 
         Raises:
             RuntimeError: the store is not complete, unless ``allow_incomplete`` (then
@@ -342,10 +346,10 @@ class GradientDatastore:
         if not allow_incomplete and not (self.is_complete() and self._done[snapshot].all()):
             raise RuntimeError(f"{self.path} is not complete ({self.pending(snapshot).size} rows of {snapshot!r} "
                                "pending, or never finalized); finish the gradient pass first")
-        arr = self._arrays[snapshot, dim]
-        if arr.mode == "r":
-            return arr  # checked when the store was opened
-        return open_npy(self._feature_path(snapshot, dim), (self.n_examples, dim), self.dtype, "r", REBUILD)
+        arrays = [self._arrays[snapshot, dim], *([self._scales[snapshot, dim]] if self._scales else [])]
+        if arrays[0].mode != "r":  # a writable store: read-only maps, not the ones being written
+            arrays = [open_npy(*spec, "r", REBUILD) for spec in self._specs(snapshot, dim)]
+        return QuantizedRows(*arrays, self.dtype, dim) if is_quantized(self.dtype) else arrays[0]
 
     def finalize(self) -> None:
         """Flush everything and mark the store complete (atomically).
@@ -359,10 +363,8 @@ class GradientDatastore:
         left = {snap: int((~done).sum()) for snap, done in self._done.items() if not done.all()}
         if left:
             raise RuntimeError(f"cannot finalize {self.path}: rows pending per snapshot {left}")
-        for arr in self._arrays.values():
+        for arr in [*self._arrays.values(), *self._scales.values(), *self._done.values()]:
             arr.flush()
-        for done in self._done.values():
-            done.flush()
         self._manifest["complete"] = True
         write_json_atomic(self.path / MANIFEST, self._manifest)
         if self._lock is not None:
@@ -376,16 +378,15 @@ class GradientDatastore:
             other: a store or a manifest.
             keys: top-level keys to compare (default: what scoring needs, so a pool
                 store and a target store can differ in ``feature_kind``, data files and
-                size); ``None`` compares everything but progress keys.
+                size); ``None`` compares everything but progress keys. The dtypes
+                must be of one family always: fp16 and fp32 go together, a quantized
+                store only with one quantized the same way (``int8`` or ``1bit``).
         """
         theirs = other.manifest if isinstance(other, GradientDatastore) else normalise(other)
-        mine = self._manifest
-        if keys is None:
-            keys = sorted((set(mine) | set(theirs)) - PROGRESS_KEYS)
-        sub = lambda m: {k: m.get(k, "<missing>") for k in keys}  # noqa: E731
-        diffs = diff(sub(mine), sub(theirs))
+        label = other.path if isinstance(other, GradientDatastore) else "the other manifest"
+        diffs = incompatibilities(self._manifest, theirs, keys, self.path, label)
         if diffs:
-            raise IncompatibleError(f"incompatible gradient datastores ({self.path} vs other): " + "; ".join(diffs))
+            raise IncompatibleError(f"incompatible gradient datastores ({self.path} vs {label}): " + "; ".join(diffs))
 
     @staticmethod
     def merge_shards(shard_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike,

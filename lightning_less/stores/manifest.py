@@ -17,6 +17,7 @@ from typing import Any
 
 from lightning_less.errors import IncompatibleError, InputError, MissingInputError
 from lightning_less.stores.files import read_json
+from lightning_less.stores.quantize import STORE_DTYPES, dtype_family
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -26,7 +27,7 @@ PROGRESS_KEYS = frozenset({"complete", "created"})
 SCORING_KEYS = ("format_version", "projector", "dims", "snapshots")
 #: Keys the store itself sets (and checks when it opens one).
 OWNED_KEYS = ("format_version", "snapshots", "dims", "dtype", "n_examples", "library_version")
-DTYPES = ("float16", "float32")
+DTYPES = STORE_DTYPES
 _SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 #: What to do about a corrupt store, in every message that refuses one.
 REBUILD = "Rerun the pass that writes it with overwrite=True (--overwrite true) to rebuild it."
@@ -50,6 +51,20 @@ def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
                 out.extend(diff(a[key], b[key], name))
         return out
     return [] if a == b else [f"{prefix}: {a!r} != {b!r}"]
+
+
+def incompatibilities(mine: Mapping[str, Any], theirs: Mapping[str, Any], keys: Sequence[str] | None,
+                      mine_label: Any, their_label: Any) -> list[str]:
+    """What keeps two stores' manifests from being scored together: ``keys`` that differ (``None``: all but
+    progress keys), and dtypes of two families (fp16/fp32, ``int8``, ``1bit``), naming both stores."""
+    if keys is None:
+        keys = sorted((set(mine) | set(theirs)) - PROGRESS_KEYS)
+    diffs = diff({k: mine.get(k, "<missing>") for k in keys}, {k: theirs.get(k, "<missing>") for k in keys})
+    if dtype_family(str(mine.get("dtype"))) != dtype_family(str(theirs.get("dtype"))) and "dtype" not in keys:
+        diffs.append(f"dtype: {mine.get('dtype')!r} ({mine_label}) != {theirs.get('dtype')!r} ({their_label}): a "
+                     "quantized store goes only with one quantized the same way; rerun one gradient pass with the "
+                     "other's store_dtype")
+    return diffs
 
 
 def without(manifest: Mapping[str, Any], keys: frozenset[str] | set[str]) -> dict[str, Any]:

@@ -62,6 +62,8 @@ def merge_shards(shard_paths: Sequence[str | os.PathLike], out_path: str | os.Pa
                     part = rows[start : start + _COPY_ROWS]
                     for dim in first.dims:
                         out._arrays[snap, dim][part] = shard._arrays[snap, dim][part]
+                        if (snap, dim) in shard._scales:  # a quantized store: codes and scales, byte for byte
+                            out._scales[snap, dim][part] = shard._scales[snap, dim][part]
                         out._written[snap, dim][part] = True
                     out.mark_done(snap, part)
         out.finalize()

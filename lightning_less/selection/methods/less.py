@@ -36,10 +36,16 @@ def select_less(
     aggregation: str = "max_subtask_mean",
     block_size: int | None = None,
     device: str | torch.device = "cpu",
+    distributed: bool = False,
 ) -> SelectionResult:
-    """LESS: LR-weighted cosine over snapshots, subtask aggregation, top-k (docs/algorithms.md)."""
+    """LESS: LR-weighted cosine over snapshots, subtask aggregation, top-k (docs/algorithms.md).
+
+    ``distributed``: every rank of the initialised process group calls this and scores a
+    share of the pool's rows; all get the whole selection (docs/scaling.md, "Past one machine").
+    """
     result = influence_scores(
-        pool_features, target_features, snapshot_lrs, target_subtasks, aggregation, block_size, device
+        pool_features, target_features, snapshot_lrs, target_subtasks, aggregation, block_size, device,
+        distributed=distributed,
     )
     return from_influence(result, k, {"snapshot_lrs": [float(x) for x in snapshot_lrs]})
 
@@ -106,10 +112,11 @@ def _dim_of(pool_store: GradientDatastore, dim: int | None) -> int:
 
 
 def _scored(pool_store: GradientDatastore, target_store: GradientDatastore, dim: int, keep: np.ndarray,
-            subtasks: Sequence[str], k: int, aggregation: str) -> SelectionResult:
+            subtasks: Sequence[str], k: int, aggregation: str, distributed: bool = False) -> SelectionResult:
     return select_less([pool_store.features(s, dim) for s in pool_store.snapshots],
                        [np.asarray(target_store.features(s, dim))[keep] for s in target_store.snapshots],
-                       pool_store.manifest["snapshot_lrs"], [subtasks[i] for i in keep], k, aggregation=aggregation)
+                       pool_store.manifest["snapshot_lrs"], [subtasks[i] for i in keep], k, aggregation=aggregation,
+                       distributed=distributed)
 
 
 def select_from_stores(
@@ -122,6 +129,7 @@ def select_from_stores(
     target_data: Any,
     dim: int | None = None,
     aggregation: str = "max_subtask_mean",
+    distributed: bool = False,
 ) -> SelectionResult:
     """LESS on two finished gradient stores, each checked against the data it is used with (no selection directory).
 
@@ -138,6 +146,8 @@ def select_from_stores(
         target_data: the targets, as ``pool_data``.
         dim: which projected dim to use (default: the stores' first).
         aggregation: ``max_subtask_mean``, ``mean`` or ``round_robin``.
+        distributed: called on every rank of an initialised process group: each scores a share
+            of the rows, every rank returns the whole selection (equal to one process).
 
     Returns:
         The :class:`~lightning_less.selection.result.SelectionResult`: ``selected`` are pool rows in rank order.
@@ -153,7 +163,8 @@ def select_from_stores(
     _check_data(targets, target_data, labels[1], "the target data given")
     if len(target_subtasks) != targets.n_examples:
         raise InputError(f"{len(target_subtasks)} target subtasks for the {targets.n_examples} rows of {labels[1]}")
-    return _scored(pool, targets, _dim_of(pool, dim), _usable_rows(pool, targets, *labels), target_subtasks, k, aggregation)
+    return _scored(pool, targets, _dim_of(pool, dim), _usable_rows(pool, targets, *labels), target_subtasks, k,
+                   aggregation, distributed)
 
 
 @register
