@@ -24,8 +24,8 @@ How it is timed, so that the ratios reproduce:
 * Same work in every batch. Example lengths repeat one shuffled pattern per batch, so every
   batch pads to the same length and the per-example costs of different runs compare exactly.
 * The reference (a) costs the same for each group of 16 examples (16 backwards, one TRAK
-  call), so it runs fewer examples (``--ref-groups`` groups of 16, after one warm-up group
-  on a model loaded once) and its per-example time is compared with the others'.
+  call), so it runs fewer examples (``--ref-groups`` groups of 16, on a model loaded once and
+  warmed up) and its per-example time is compared with the others'.
 * Repeats, interleaved a, b, c, d, a, b, c, d, ... (``--repeats``, at least 3) so drift and
   other load hit every configuration alike; each ratio is taken within one repeat and the
   median and spread (max - min, as % of the median) over repeats are printed. Torch's
@@ -208,16 +208,16 @@ class Reference:
         self.proj = BasicProjector(grad_dim=self.m.numel(), proj_dim=dim, seed=0, proj_type=ProjectionType.rademacher,
                                    device=torch.device(device), block_size=128, dtype=torch.float32)
         self.examples = list(datamodule(tmp, seq_len, 1).predict_dataloader())
-        self.run(1)  # warm-up group (untimed)
+        self.run(1, group=2)  # warm-up (untimed): two backwards and one TRAK call
 
-    def run(self, groups: int) -> tuple[Timing, np.ndarray]:
+    def run(self, groups: int, group: int = 16) -> tuple[Timing, np.ndarray]:
         """The first ``groups`` * 16 examples; one 'batch' per group of 16 (16 backwards + one TRAK call)."""
         model, out, times = self.model, [], []
         for g in range(groups):
             sync(self.device)
             start = time.perf_counter()
             buf = []
-            for batch in self.examples[16 * g : 16 * (g + 1)]:
+            for batch in self.examples[group * g : group * (g + 1)]:
                 batch = {k: t.to(self.device) for k, t in batch.items()}
                 loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
                 loss.backward()
@@ -230,7 +230,7 @@ class Reference:
             sync(self.device)
             times.append(time.perf_counter() - start)
         # Every group costs the same (same lengths, one TRAK call), and the model is warm: none dropped.
-        return Timing(batches=times, examples_per_batch=16, warm=0), torch.cat(out).numpy()
+        return Timing(batches=times, examples_per_batch=group, warm=0), torch.cat(out).numpy()
 
 
 def ours(tmp: Path, seq_len: int, dim: int, projector: str, batch_size: int, device: str, out: Path) -> tuple[Timing, np.ndarray]:
@@ -265,11 +265,13 @@ class Floor:
         self.device = device
         self.model = load_peft(tmp, device)
         self.loader = datamodule(tmp, seq_len, batch_size).predict_dataloader()
-        self.run()  # warm-up pass (untimed)
+        self.run(limit=2)  # warm-up (untimed)
 
-    def run(self) -> Timing:
+    def run(self, limit: int | None = None) -> Timing:
         stamps = []
-        for batch in self.loader:  # stamped when a batch is in hand, like the pass's callback
+        for i, batch in enumerate(self.loader):  # stamped when a batch is in hand, like the pass's callback
+            if i == limit:
+                break
             sync(self.device)
             stamps.append(time.perf_counter())
             batch = {k: t.to(self.device) for k, t in batch.items()}
@@ -296,7 +298,7 @@ def main() -> None:
                         help="timed groups of 16 examples per run of the reference (a) (default 2, 1 with --quick)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of a, b, c, d (at least 3)")
     parser.add_argument("--seq-len", type=int, default=None)
-    parser.add_argument("--dim", type=int, default=None, help="projection dim (default 8192 as the paper; 1024 with --quick)")
+    parser.add_argument("--dim", type=int, default=None, help="projection dim (default 8192 as the paper; 512 with --quick)")
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads, all configs")
@@ -310,7 +312,7 @@ def main() -> None:
         parser.error("--batches must be at least 2 (the first batch is not steady)")
     groups = args.ref_groups or (1 if args.quick else 2)
     seq_len = args.seq_len or (96 if args.quick else 128)
-    args.dim = args.dim or (1024 if args.quick else 8192)
+    args.dim = args.dim or (512 if args.quick else 8192)
     if 16 * groups > n_batches * args.batch_size:
         parser.error("the reference runs on the first 16 * --ref-groups examples: give more --batches")
     tmp = Path(tempfile.mkdtemp(prefix="ll-bench-"))
@@ -323,7 +325,7 @@ def main() -> None:
               f"d={args.dim}, batch {args.batch_size}, device {args.device}, torch threads {torch.get_num_threads()}")
         print(f"per repeat: (b) (c) (d) {n_batches} batches = {n_batches * args.batch_size} examples "
               f"(steady: the last {(n_batches - 1) * args.batch_size}); (a) {16 * groups} examples "
-              f"(+16 warm-up once); {args.repeats} repeats interleaved")
+              f"(+2 warm-up once); {args.repeats} repeats interleaved")
         reference = Reference(tmp, seq_len, args.dim, args.device)
         base = Floor(tmp, seq_len, args.batch_size, args.device)
         runs: dict[str, list[Timing]] = {k: [] for k in "abcd"}

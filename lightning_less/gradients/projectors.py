@@ -271,10 +271,12 @@ class SparseJLProjector(Projector):
         key = (offset, n)
         if key not in self._cache:
             rows, signs = self._columns(offset, n)
-            flat = rows.reshape(-1).long()  # entry k * n + j: coordinate j's row in block k
+            # Built where it runs: on a GPU the one-time sort runs there too.
+            flat = rows.reshape(-1).to(self.device, torch.long)  # entry k * n + j: coordinate j's row in block k
+            signs = signs.to(self.device)
             # Stable: the blocks own disjoint rows, so each row's entries stay in coordinate order.
             order = torch.argsort(flat, stable=True)
-            crow = torch.zeros(self.proj_dim + 1, dtype=torch.long)
+            crow = torch.zeros(self.proj_dim + 1, dtype=torch.long, device=self.device)
             crow[1:] = torch.bincount(flat, minlength=self.proj_dim).cumsum(0)
             index_dtype = torch.int32 if flat.numel() < 2**31 else torch.long  # int32 halves the cache
             with warnings.catch_warnings():  # torch flags its CSR support as beta; this use is covered by tests
@@ -285,8 +287,7 @@ class SparseJLProjector(Projector):
             if self._cached_columns + n > 2 * self.grad_dim:  # callers that chunk differently every time
                 self._cache.clear()
                 self._cached_columns = 0
-            # About (4 + 4) * s bytes per coordinate (int32 column index and value).
-            self._cache[key] = matrix.to(self.device)
+            self._cache[key] = matrix  # about (4 + 4) * s bytes per coordinate (int32 column index, value)
             self._cached_columns += n
         return self._cache[key]
 
