@@ -20,7 +20,10 @@ How it is timed, so that the ratios reproduce:
   (``run()`` called -> first batch starts), *first batch* (its time beyond a steady batch:
   the lazy sparse-JL matrix draw, first-call allocations) and *finalise* (last batch done ->
   ``run()`` returns). (d) is timed the same way on a model loaded once and warmed up.
-  (b)'s buffered TRAK projection runs in its last batch, so its steady time includes it.
+  (b)'s buffered TRAK projection runs in its last batch, so its steady time includes it:
+  when TRAK's matrix is too large to keep (d=8192 here), (b) regenerates it once per 1 GiB
+  of buffered gradient rows (1,365 rows of this model), so a run shorter than that pays one
+  generation for fewer rows and (b)'s rate grows with the run's length up to that size.
 * Same work in every batch. Example lengths repeat one shuffled pattern per batch, so every
   batch pads to the same length and the per-example costs of different runs compare exactly.
 * The reference (a) costs the same for each group of 16 examples (16 backwards, one TRAK
