@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from trak.projectors import BasicProjector, ProjectionType
@@ -153,7 +155,7 @@ def test_sparse_jl_equals_the_matrix_drawn_coordinate_by_coordinate(monkeypatch)
     x = torch.randn(4, grad_dim, generator=torch.Generator().manual_seed(3))
     want = x @ dense
     for cuts in ([0, grad_dim], [0, 300, 1000], [0, 255, 256, 700, 1000], [0, 300, 1000]):  # the last: cached
-        got = sum(proj.project(x[:, a:b], offset=a) for a, b in zip(cuts[:-1], cuts[1:]))
+        got = sum(proj.project(x[:, a:b], offset=a) for a, b in itertools.pairwise(cuts))
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     # Callers that chunk differently every time do not grow the cache past twice the gradient.
     assert proj._cached_columns <= 2 * grad_dim
