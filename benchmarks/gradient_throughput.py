@@ -1,18 +1,48 @@
-"""Gradient-pass throughput: ours vs the one-example-at-a-time reference, and vs the floor.
+"""Gradient-pass throughput at steady state: ours vs the one-example-at-a-time reference, and vs the floor.
 
-On one random-init Llama-style model (LoRA on q/k/v/o) and the same examples, times:
+On one random-init Llama-style model (LoRA on q/k/v/o) and the same examples, measures:
 
 (a) the reference method: one example per forward+backward, flatten the LoRA gradient,
     Adam transform, TRAK ``BasicProjector`` every 16 examples (as LESS's reference code);
 (b) ``GradientDumpLoop`` (the real ``trainer.predict`` pass into a datastore) with the same
     TRAK projector (same matrix: bit-identical projections);
 (c) ``GradientDumpLoop`` with the sparse JL projector;
-(d) a plain batched forward+backward of the same examples with no per-example work (the floor).
+(d) the floor: a plain batched forward + backward (LoRA parameter gradients) of the same
+    batches (same batch size, padding, dtype and threads), no per-example work.
 
-Prints examples/s for each and, LAST, exactly:
+How it is timed, so that the ratios reproduce:
+
+* Steady state. (b) and (c) run the whole ``GradientDumpLoop.run`` (fresh Trainer, model
+  and snapshot loading, store creation, finalisation), but a callback stamps the start of
+  every predict batch and the end of the predict epoch: a batch's time runs from its start
+  to the next one's (its step, the datastore write, fetching the next batch). The steady
+  time is that of every batch but the first; the fixed costs are printed apart: *setup*
+  (``run()`` called -> first batch starts), *first batch* (its time beyond a steady batch:
+  the lazy sparse-JL matrix draw, first-call allocations) and *finalise* (last batch done ->
+  ``run()`` returns). (d) is timed the same way on a model loaded once and warmed up.
+  (b)'s buffered TRAK projection runs in its last batch, so its steady time includes it:
+  when TRAK's matrix is too large to keep (d=8192 here), (b) regenerates it once per 1 GiB
+  of buffered gradient rows (1,365 rows of this model), so a run shorter than that pays one
+  generation for fewer rows and (b)'s rate grows with the run's length up to that size.
+* Same work in every batch. Example lengths repeat one shuffled pattern per batch, so every
+  batch pads to the same length and the per-example costs of different runs compare exactly.
+* The reference (a) costs the same for each group of 16 examples (16 backwards, one TRAK
+  call), so it runs fewer examples (``--ref-groups`` groups of 16, on a model loaded once and
+  warmed up) and its per-example time is compared with the others'.
+* Repeats, interleaved a, b, c, d, a, b, c, d, ... (``--repeats``, at least 3) so drift and
+  other load hit every configuration alike; each ratio is taken within one repeat and the
+  median and spread (max - min, as % of the median) over repeats are printed. Torch's
+  intra-op threads are pinned (``--threads``) for every configuration and printed, and so
+  is the load average before and after (other processes on the cores make every figure
+  noisy: compare ratios, not absolute rates, across machines).
+
+Prints the per-configuration table, the fixed costs (also as a share of the steady time
+of 1,000 examples), each ratio's spread and, LAST, exactly
 ``speedup_vs_reference=<b/a> fast_speedup_vs_reference=<c/a> overhead_vs_floor=<time c / time d>``
+(per-example steady times, medians over repeats).
 
-    python benchmarks/gradient_throughput.py --quick          # < 60 s on 2 CPU cores
+    python benchmarks/gradient_throughput.py --quick          # about 1 minute on 2 CPU cores
+    python benchmarks/gradient_throughput.py                  # about 6 minutes on 2 quiet CPU cores
     python benchmarks/gradient_throughput.py --preset llama-1b --device cuda --seq-len 512
 """
 
@@ -20,24 +50,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
+import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 
 PRESETS = {
     # name: hidden, layers, heads, intermediate, vocab
     "small": (512, 6, 8, 1376, 8192),      # about 27M parameters
     "llama-1b": (2048, 16, 32, 8192, 32000),  # Llama-3.2-1B-like shape, random init
 }
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-def build(tmp: Path, preset: str, n: int, seq_len: int, lora_r: int, device: str, seed: int = 0):
-    """Save a random-init model + char tokenizer, a snapshot (adapter + moments) and n examples."""
+def _text(rng: random.Random, length: int) -> str:
+    """``length`` characters (one token each with the char tokenizer), letters at both ends."""
+    inner = "".join(rng.choice(LETTERS + "    ") for _ in range(max(0, length - 2)))
+    return (rng.choice(LETTERS) + inner + rng.choice(LETTERS))[:length] if length > 0 else ""
+
+
+def build(tmp: Path, preset: str, n: int, seq_len: int, lora_r: int, batch_size: int, seed: int = 0):
+    """Save a random-init model + char tokenizer, a snapshot (adapter + moments) and n examples.
+
+    The examples' lengths repeat one pattern (shuffled) every ``batch_size`` examples, so every
+    batch holds the same lengths and pads to the same shape.
+    """
     from peft import LoraConfig, get_peft_model
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -73,14 +118,15 @@ def build(tmp: Path, preset: str, n: int, seq_len: int, lora_r: int, device: str
         "format_version": 1, "epoch": 0, "global_step": 1, "lr": 2e-5, "betas": [0.9, 0.999], "eps": 1e-8,
         "step": 1, "base_model": str(tmp / "model"), "param_names": names}))
     rng = random.Random(seed)
-    letters = "abcdefghijklmnopqrstuvwxyz     "
+    lo, hi = seq_len // 2, seq_len - 8  # text lengths; the template adds a few tokens
+    pattern = [lo + (hi - lo) * i // max(1, batch_size - 1) for i in range(batch_size)]
     with open(tmp / "data.jsonl", "w") as f:
-        for i in range(n):
-            total = rng.randint(seq_len // 2, seq_len - 8)  # char tokenizer: one token per character
-            p_len = total * 2 // 3
-            prompt = "".join(rng.choice(letters) for _ in range(p_len - 20)).strip() or "q"
-            answer = "".join(rng.choice(letters) for _ in range(total - p_len)).strip() or "a"
-            f.write(json.dumps({"id": f"x{i}", "prompt": prompt, "completion": answer}) + "\n")
+        for start in range(0, n, batch_size):
+            lengths = rng.sample(pattern, len(pattern))
+            for i, total in zip(range(start, min(n, start + batch_size)), lengths):
+                p_len = total * 2 // 3
+                f.write(json.dumps({"id": f"x{i}", "prompt": _text(rng, p_len - 20),
+                                    "completion": _text(rng, total - p_len)}) + "\n")
     grad_dim = sum(moments[f"{n}.exp_avg"].numel() for n in names)
     return n_params, grad_dim
 
@@ -99,113 +145,226 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def reference(tmp: Path, seq_len: int, dim: int, device: str) -> tuple[float, np.ndarray]:
-    """(a) LESS's reference loop: batch size 1, full backward per example, TRAK every 16 examples."""
+@dataclass
+class Timing:
+    """One run of one configuration: per-batch times and, for the real pass, its fixed costs."""
+
+    batches: list[float]
+    examples_per_batch: int
+    setup: float = 0.0
+    finalise: float = 0.0
+    warm: int = 1
+    """Leading batches left out of the steady time (the reference's groups are all alike: 0)."""
+
+    @property
+    def steady(self) -> float:
+        """Seconds per example over every batch but the first ``warm``."""
+        return sum(self.batches[self.warm :]) / (self.examples_per_batch * (len(self.batches) - self.warm))
+
+    @property
+    def first_extra(self) -> float:
+        return self.batches[0] - statistics.median(self.batches[1:])
+
+    @property
+    def fixed(self) -> float:
+        return self.setup + self.first_extra + self.finalise
+
+
+class BatchClock(Callback):
+    """Stamps each predict batch's start and the predict epoch's end (after the datastore writes)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.starts: list[float] = []
+        self.end = 0.0
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        sync(self.device)
+        self.starts.append(time.perf_counter())
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        sync(self.device)
+        self.end = time.perf_counter()
+
+
+def load_peft(tmp: Path, device: str):
     from peft import PeftModel
-    from safetensors.torch import load_file
-    from trak.projectors import BasicProjector, ProjectionType
     from transformers import AutoModelForCausalLM
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp / "model"), tmp / "snapshots" / "epoch_000",
-                                      is_trainable=True).to(device).eval()
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    mom = load_file(str(tmp / "snapshots" / "epoch_000" / "optimizer_moments.safetensors"))
-    m = torch.cat([mom[f"{n}.exp_avg"].flatten() for n in names]).to(device)
-    v = torch.cat([mom[f"{n}.exp_avg_sq"].flatten() for n in names]).to(device)
-    proj = BasicProjector(grad_dim=m.numel(), proj_dim=dim, seed=0, proj_type=ProjectionType.rademacher,
-                          device=torch.device(device), block_size=128, dtype=torch.float32)
-    loader = datamodule(tmp, seq_len, 1).predict_dataloader()
-    out, buf = [], []
-    sync(device)
-    start = time.perf_counter()
-    for batch in loader:
-        batch = {k: t.to(device) for k, t in batch.items()}
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
-        loss.backward()
-        g = torch.cat([p.grad.flatten() for n, p in model.named_parameters() if p.requires_grad])
-        model.zero_grad(set_to_none=True)
-        m2 = 0.9 * m + 0.1 * g
-        v2 = 0.999 * v + 0.001 * g * g
-        buf.append(m2 / torch.sqrt(v2 + 1e-8))
-        if len(buf) == 16:
-            out.append(proj.project(torch.stack(buf), model_id=0).cpu())
+    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp / "model"), tmp / "snapshots" / "epoch_000",
+                                     is_trainable=True).to(device).eval()
+
+
+class Reference:
+    """(a) LESS's reference loop: batch size 1, full backward per example, TRAK every 16 examples."""
+
+    def __init__(self, tmp: Path, seq_len: int, dim: int, device: str) -> None:
+        from safetensors.torch import load_file
+        from trak.projectors import BasicProjector, ProjectionType
+
+        self.device = device
+        self.model = load_peft(tmp, device)
+        self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        mom = load_file(str(tmp / "snapshots" / "epoch_000" / "optimizer_moments.safetensors"))
+        self.m = torch.cat([mom[f"{n}.exp_avg"].flatten() for n in self.names]).to(device)
+        self.v = torch.cat([mom[f"{n}.exp_avg_sq"].flatten() for n in self.names]).to(device)
+        self.proj = BasicProjector(grad_dim=self.m.numel(), proj_dim=dim, seed=0, proj_type=ProjectionType.rademacher,
+                                   device=torch.device(device), block_size=128, dtype=torch.float32)
+        self.examples = list(datamodule(tmp, seq_len, 1).predict_dataloader())
+        self.run(1, group=2)  # warm-up (untimed): two backwards and one TRAK call
+
+    def run(self, groups: int, group: int = 16) -> tuple[Timing, np.ndarray]:
+        """The first ``groups`` * 16 examples; one 'batch' per group of 16 (16 backwards + one TRAK call)."""
+        model, out, times = self.model, [], []
+        for g in range(groups):
+            sync(self.device)
+            start = time.perf_counter()
             buf = []
-    if buf:
-        out.append(proj.project(torch.stack(buf), model_id=0).cpu())
-    sync(device)
-    return time.perf_counter() - start, torch.cat(out).numpy()
+            for batch in self.examples[group * g : group * (g + 1)]:
+                batch = {k: t.to(self.device) for k, t in batch.items()}
+                loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+                loss.backward()
+                grad = torch.cat([p.grad.flatten() for n, p in model.named_parameters() if p.requires_grad])
+                model.zero_grad(set_to_none=True)
+                m2 = 0.9 * self.m + 0.1 * grad
+                v2 = 0.999 * self.v + 0.001 * grad * grad
+                buf.append(m2 / torch.sqrt(v2 + 1e-8))
+            out.append(self.proj.project(torch.stack(buf), model_id=0).cpu())
+            sync(self.device)
+            times.append(time.perf_counter() - start)
+        # Every group costs the same (same lengths, one TRAK call), and the model is warm: none dropped.
+        return Timing(batches=times, examples_per_batch=group, warm=0), torch.cat(out).numpy()
 
 
-def ours(tmp: Path, seq_len: int, dim: int, projector: str, batch_size: int, device: str, name: str) -> tuple[float, np.ndarray]:
-    """(b)/(c) the real GradientDumpLoop (trainer.predict + datastore), whole run timed."""
+def ours(tmp: Path, seq_len: int, dim: int, projector: str, batch_size: int, device: str, out: Path) -> tuple[Timing, np.ndarray]:
+    """(b)/(c) the real GradientDumpLoop (trainer.predict + datastore): batches stamped, fixed costs apart."""
     from lightning_less.passes.gradient_features import GradientDumpLoop
 
-    out = tmp / f"store_{name}"
+    clock = BatchClock(device)
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
     loop = GradientDumpLoop(snapshots=str(tmp / "snapshots"), output_dir=str(out), feature="adam", dims=[dim],
                             projector=projector, store_dtype="float32",
                             trainer_kwargs={"accelerator": accelerator, "devices": 1, "enable_progress_bar": False,
-                                            "enable_model_summary": False})
-    dm = datamodule(tmp, seq_len, batch_size)
+                                            "enable_model_summary": False, "callbacks": [clock]})
+    dm = datamodule(tmp, seq_len, batch_size)  # reading and tokenising the data is the user's, not timed
     sync(device)
     start = time.perf_counter()
     store = loop.run(dm)
     sync(device)
-    elapsed = time.perf_counter() - start
-    return elapsed, np.asarray(store.features("epoch_000", dim))
+    finished = time.perf_counter()
+    stamps = [*clock.starts, clock.end]
+    timing = Timing(batches=list(np.diff(stamps)), examples_per_batch=batch_size, setup=clock.starts[0] - start,
+                    finalise=finished - clock.end)
+    features = np.asarray(store.features("epoch_000", dim))
+    store.close()
+    shutil.rmtree(out, ignore_errors=True)
+    return timing, features
 
 
-def floor(tmp: Path, seq_len: int, batch_size: int, device: str) -> float:
+class Floor:
     """(d) plain batched forward+backward (LoRA parameter gradients), no per-example work."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp / "model"), tmp / "snapshots" / "epoch_000",
-                                      is_trainable=True).to(device).eval()
-    loader = datamodule(tmp, seq_len, batch_size).predict_dataloader()
-    sync(device)
-    start = time.perf_counter()
-    for batch in loader:
-        batch = {k: t.to(device) for k, t in batch.items()}
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
-        model.zero_grad(set_to_none=True)
-    sync(device)
-    return time.perf_counter() - start
+    def __init__(self, tmp: Path, seq_len: int, batch_size: int, device: str) -> None:
+        self.device = device
+        self.model = load_peft(tmp, device)
+        self.loader = datamodule(tmp, seq_len, batch_size).predict_dataloader()
+        self.run(limit=2)  # warm-up (untimed)
+
+    def run(self, limit: int | None = None) -> Timing:
+        stamps = []
+        for i, batch in enumerate(self.loader):  # stamped when a batch is in hand, like the pass's callback
+            if i == limit:
+                break
+            sync(self.device)
+            stamps.append(time.perf_counter())
+            batch = {k: t.to(self.device) for k, t in batch.items()}
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            out.loss.backward()
+            self.model.zero_grad(set_to_none=True)
+        sync(self.device)
+        stamps.append(time.perf_counter())
+        return Timing(batches=list(np.diff(stamps)), examples_per_batch=self.loader.batch_size)
+
+
+def spread(values: list[float]) -> str:
+    med = statistics.median(values)
+    return f"{med:7.2f}  (min-max {min(values):.2f}-{max(values):.2f}, spread {100 * (max(values) - min(values)) / med:4.1f}%)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a small case that finishes in under 60 s on 2 CPU cores")
+    parser.add_argument("--quick", action="store_true", help="a small case: about 1 minute on 2 CPU cores")
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
-    parser.add_argument("--examples", type=int, default=None)
+    parser.add_argument("--batches", type=int, default=None,
+                        help="batches per run of (b), (c), (d); the first is not steady (default 12, 4 with --quick)")
+    parser.add_argument("--ref-groups", type=int, default=None,
+                        help="timed groups of 16 examples per run of the reference (a) (default 2, 1 with --quick)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of a, b, c, d (at least 3)")
     parser.add_argument("--seq-len", type=int, default=None)
-    parser.add_argument("--dim", type=int, default=None, help="projection dim (default 8192 as the paper; 1024 with --quick)")
+    parser.add_argument("--dim", type=int, default=None, help="projection dim (default 8192 as the paper; 512 with --quick)")
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads, all configs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    n = args.examples or (32 if args.quick else 128)
+    if args.repeats < 3:
+        parser.error("--repeats must be at least 3 (the median and spread need them)")
+    torch.set_num_threads(args.threads)
+    n_batches = args.batches or (4 if args.quick else 12)
+    if n_batches < 2:
+        parser.error("--batches must be at least 2 (the first batch is not steady)")
+    groups = args.ref_groups or (1 if args.quick else 2)
     seq_len = args.seq_len or (96 if args.quick else 128)
-    args.dim = args.dim or (1024 if args.quick else 8192)
+    args.dim = args.dim or (512 if args.quick else 8192)
+    if 16 * groups > n_batches * args.batch_size:
+        parser.error("the reference runs on the first 16 * --ref-groups examples: give more --batches")
     tmp = Path(tempfile.mkdtemp(prefix="ll-bench-"))
+    load_before = os.getloadavg()[0]
+    began = time.perf_counter()
     try:
-        n_params, grad_dim = build(tmp, args.preset, n, seq_len, args.lora_r, args.device)
+        n_params, grad_dim = build(tmp, args.preset, n_batches * args.batch_size, seq_len, args.lora_r, args.batch_size)
         print(f"model: {args.preset} ({n_params / 1e6:.1f}M parameters), LoRA r={args.lora_r} on q/k/v/o "
-              f"({grad_dim:,} trainable), {n} examples of up to {seq_len} tokens, d={args.dim}, "
-              f"batch {args.batch_size}, device {args.device}, torch threads {torch.get_num_threads()}")
-        t_d = floor(tmp, seq_len, args.batch_size, args.device)  # also warms up kernels and caches
-        t_a, f_a = reference(tmp, seq_len, args.dim, args.device)
-        t_b, f_b = ours(tmp, seq_len, args.dim, "trak_basic", args.batch_size, args.device, "basic")
-        t_c, _ = ours(tmp, seq_len, args.dim, "sparse_jl", args.batch_size, args.device, "sparse")
-        t_d = min(t_d, floor(tmp, seq_len, args.batch_size, args.device))
-        rel = float(np.abs(f_b - f_a).max() / np.abs(f_a).max())
-        for label, t in (("(a) reference, one example at a time + TRAK every 16", t_a),
-                         ("(b) GradientDumpLoop, TRAK BasicProjector", t_b),
-                         ("(c) GradientDumpLoop, sparse JL", t_c),
-                         ("(d) floor: plain batched forward+backward", t_d)):
-            print(f"{label:<56s} {n / t:8.2f} examples/s  ({t:.2f} s)")
+              f"({grad_dim:,} trainable), examples of up to {seq_len} tokens (same lengths in every batch), "
+              f"d={args.dim}, batch {args.batch_size}, device {args.device}, torch threads {torch.get_num_threads()}")
+        print(f"per repeat: (b) (c) (d) {n_batches} batches = {n_batches * args.batch_size} examples "
+              f"(steady: the last {(n_batches - 1) * args.batch_size}); (a) {16 * groups} examples "
+              f"(+2 warm-up once); {args.repeats} repeats interleaved")
+        reference = Reference(tmp, seq_len, args.dim, args.device)
+        base = Floor(tmp, seq_len, args.batch_size, args.device)
+        runs: dict[str, list[Timing]] = {k: [] for k in "abcd"}
+        rel = 0.0
+        for rep in range(args.repeats):
+            t_a, f_a = reference.run(groups)
+            t_b, f_b = ours(tmp, seq_len, args.dim, "trak_basic", args.batch_size, args.device, tmp / "store_b")
+            t_c, _ = ours(tmp, seq_len, args.dim, "sparse_jl", args.batch_size, args.device, tmp / "store_c")
+            t_d = base.run()
+            for key, t in zip("abcd", (t_a, t_b, t_c, t_d)):
+                runs[key].append(t)
+            rel = max(rel, float(np.abs(f_b[: len(f_a)] - f_a).max() / np.abs(f_a).max()))
+            print(f"repeat {rep + 1}: " + "  ".join(f"({k}) {1 / runs[k][-1].steady:.2f}" for k in "abcd")
+                  + " examples/s", flush=True)
+        labels = {"a": "(a) reference, one example at a time + TRAK every 16", "b": "(b) GradientDumpLoop, TRAK BasicProjector",
+                  "c": "(c) GradientDumpLoop, sparse JL", "d": "(d) floor: plain batched forward+backward"}
+        print(f"\nsteady-state examples/s, median over {args.repeats} repeats:")
+        for key, label in labels.items():
+            print(f"{label:<56s} {spread([1 / t.steady for t in runs[key]])}")
+        print("\nfixed costs of GradientDumpLoop.run (seconds, median over repeats; not in the steady times):")
+        for key in "bc":
+            ts = runs[key]
+            med = {f: statistics.median(getattr(t, f) for t in ts) for f in ("setup", "first_extra", "finalise", "fixed")}
+            per_1000 = med["fixed"] / (1000 * statistics.median(t.steady for t in ts))
+            print(f"{labels[key]:<56s} setup {med['setup']:.2f}  first batch +{med['first_extra']:.2f}  finalise "
+                  f"{med['finalise']:.2f}  = {med['fixed']:.2f} s, {100 * per_1000:.1f}% of the steady time of 1,000 examples")
+        ratios = {"speedup_vs_reference": [a.steady / b.steady for a, b in zip(runs["a"], runs["b"])],
+                  "fast_speedup_vs_reference": [a.steady / c.steady for a, c in zip(runs["a"], runs["c"])],
+                  "overhead_vs_floor": [c.steady / d.steady for c, d in zip(runs["c"], runs["d"])]}
+        print("\nratios of per-example steady times, each within one repeat:")
+        for name, values in ratios.items():
+            print(f"{name:<27s} {spread(values)}")
         print(f"max |features(b) - features(a)| / max |features(a)| = {rel:.2e}  (same projection matrix)")
-        print(f"speedup_vs_reference={t_a / t_b:.2f} fast_speedup_vs_reference={t_a / t_c:.2f} overhead_vs_floor={t_c / t_d:.2f}")
+        print(f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
+              f"{time.perf_counter() - began:.0f} s in all")
+        print(" ".join(f"{name}={statistics.median(values):.2f}" for name, values in ratios.items()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

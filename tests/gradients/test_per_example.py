@@ -253,6 +253,17 @@ def test_adam_transform_hand_worked():
     assert out[0, 2].item() == pytest.approx(9000.0, rel=1e-6)
 
 
+def test_adam_transform_is_the_written_out_formula_bit_for_bit_and_leaves_its_input():
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(6, 5000, generator=gen) * 1e-3
+    m, v = torch.randn(5000, generator=gen) * 1e-4, torch.rand(5000, generator=gen) * 1e-8
+    before = g.clone()
+    out = adam_transform(g, m, v, beta1=0.8, beta2=0.99, eps=1e-6)
+    written_out = (0.8 * m + (1.0 - 0.8) * g) / torch.sqrt(0.99 * v + (1.0 - 0.99) * g.square() + 1e-6)
+    torch.testing.assert_close(out, written_out, rtol=0, atol=0)
+    torch.testing.assert_close(g, before, rtol=0, atol=0)  # computed in place, but never in the caller's tensor
+
+
 def test_flatten_moments_by_name_not_position():
     names = ["a.weight", "b.weight"]
     flat = {"b.weight.exp_avg": torch.full((2,), 2.0), "b.weight.exp_avg_sq": torch.full((2,), 20.0),

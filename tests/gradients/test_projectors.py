@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from trak.projectors import BasicProjector, ProjectionType
@@ -137,3 +139,23 @@ def test_trak_basic_cached_matrix_is_bit_identical_to_trak():
     assert torch.equal(cached.project(g), direct)  # the cache is reused, not regenerated differently
     assert torch.equal(uncached.project(g), direct)
     assert cached.describe() == uncached.describe()  # same matrix: same store compatibility
+
+
+def test_sparse_jl_equals_the_matrix_drawn_coordinate_by_coordinate(monkeypatch):
+    """The sparse product uses exactly the drawn rows and signs, across groups, chunkings and cache hits."""
+    monkeypatch.setattr(SparseJLProjector, "GROUP", 256)  # several generator groups in a small test
+    grad_dim, d, s = 1000, 48, 3
+    proj = SparseJLProjector(grad_dim, d, seed=5, sparsity=s)
+    dense = torch.zeros(grad_dim, d)  # brute force: R[j, rows[k, j]] = signs[k, j] / sqrt(s)
+    for j in range(grad_dim):
+        g, col = divmod(j, SparseJLProjector.GROUP)
+        rows, signs = proj._draw(g)
+        for k in range(s):
+            dense[j, int(rows[k, col])] = float(signs[k, col]) / s**0.5
+    x = torch.randn(4, grad_dim, generator=torch.Generator().manual_seed(3))
+    want = x @ dense
+    for cuts in ([0, grad_dim], [0, 300, 1000], [0, 255, 256, 700, 1000], [0, 300, 1000]):  # the last: cached
+        got = sum(proj.project(x[:, a:b], offset=a) for a, b in itertools.pairwise(cuts))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # Callers that chunk differently every time do not grow the cache past twice the gradient.
+    assert proj._cached_columns <= 2 * grad_dim
