@@ -27,7 +27,7 @@ from lightning_less.data.records import read_records
 from lightning_less.errors import InputError
 from lightning_less.recipes.pipeline import run_pipeline
 from lightning_less.recipes.settings import FeatureSettings, SelectionSettings, TrainSettings, WarmupSettings
-from lightning_less.recipes.steps import make_trainer, mark_done, step_done
+from lightning_less.recipes.steps import make_trainer, mark_done, step_done, write_timings
 from lightning_less.recipes.train import train_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -51,19 +51,6 @@ def demo_relevance(target_task: str) -> TargetRule:
     with ``target_source_regex``, so both report the same ``target_share``.
     """
     return target_rule(target_source_regex=f"^{re.escape(target_task)}_(en|es)$")
-
-
-def write_timings(path: Path, timings: dict[str, float]) -> None:
-    """Write ``timings.json``, keeping the first run's time of every step already recorded.
-
-    A rerun skips finished steps and takes seconds for them; the file keeps what they cost
-    when they ran (``last_run_total``: the rerun's own total).
-    """
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    merged = {**timings, **{k: v for k, v in previous.items() if k != "last_run_total"}}
-    if previous:
-        merged["last_run_total"] = timings["total"]
-    path.write_text(json.dumps(merged, indent=2))
 
 
 def build_base_model(output: Path, pretrain_file: str, seed: int, epochs: int = 2, size: str = "tiny") -> str:
@@ -188,6 +175,8 @@ def demo(
         selections["less"] = Path(res["selection"])
         results["less"] = res["train"]
         lap("less")
+        steps = json.loads((out / "less" / "timings.json").read_text())
+        timings.update({f"less_{name}": seconds for name, seconds in steps.items() if name != "total"})
     from lightning_less.recipes.select import select  # trains the S2L proxy from the base model
 
     for method in methods:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,7 +37,16 @@ from lightning_less.recipes.settings import (
     TrainSettings,
     WarmupSettings,
 )
-from lightning_less.recipes.steps import STEP_FILE, file_hash, fingerprint, make_trainer, mark_done, step_done, step_result
+from lightning_less.recipes.steps import (
+    STEP_FILE,
+    file_hash,
+    fingerprint,
+    make_trainer,
+    mark_done,
+    step_done,
+    step_result,
+    write_timings,
+)
 from lightning_less.recipes.train import train_and_evaluate
 
 __all__ = [
@@ -291,9 +301,18 @@ def run_pipeline(
     pool, eval = as_paths(pool), as_paths(eval) or None
     k = check_inputs(pool, targets, eval, model, max_length, warmup, features, selection, train, skip_training)
     out.mkdir(parents=True, exist_ok=True)
+    laps, start = {}, [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        laps[name], start[0] = round(now - start[0], 2), now
+
     snapshots = run_warmup(pool, out / "warmup", model, warmup, max_length, seed, trainer, overwrite)
+    lap("warmup")
     pool_store = run_features(pool, snapshots, out / "features" / "pool", "adam", model, features, max_length, trainer, overwrite)
+    lap("features_pool")
     target_store = run_features(targets, snapshots, out / "features" / "targets", "sgd", model, features, max_length, trainer, overwrite)
+    lap("features_targets")
     from lightning_less.selection.runner import run_selection
 
     log.info(f"[3/4] LESS scores and the top {k} of the pool")
@@ -301,18 +320,23 @@ def run_pipeline(
                                   count=selection.count, seed=seed, pool_store=pool_store.path,
                                   target_store=target_store.path, dim=selection.dim,
                                   aggregation=selection.aggregation, overwrite=overwrite)
+    lap("selection")
     result: dict[str, Any] = {"snapshots": str(snapshots), "pool_store": str(pool_store.path),
                               "target_store": str(target_store.path), "selection": str(selection_dir)}
     if target_set.benchmark:
         result["targets"] = targets[0]
     if not skip_training:
         result["train"] = train_and_evaluate(selection_dir, eval, out / "train", model, train, max_length, seed, trainer, overwrite)
+        lap("train")
     if eval_tasks.tasks:
         from lightning_less.recipes.evaluate import evaluate_adapter
 
         log.info(f"[5/5] {', '.join(eval_tasks.tasks)} through lm-evaluation-harness -> {out / 'eval'}")
         result["eval_tasks"] = evaluate_adapter(eval_tasks, train.model_name_or_path or model, out / "train" / "adapter",
                                                 out / "eval", seed, overwrite)
+        lap("eval_tasks")
+    laps["total"] = round(sum(laps.values()), 2)
+    write_timings(out / "timings.json", laps)  # a rerun keeps the first run's step times
     (out / "pipeline.json").write_text(json.dumps(result, indent=2))
     log.info(f"pipeline finished; summary in {out / 'pipeline.json'}")
     return result

@@ -88,3 +88,16 @@ def make_trainer(trainer_kwargs: dict[str, Any] | None, **kwargs: Any) -> pl.Tra
     """
     quiet = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False}
     return pl.Trainer(**{**quiet, **(trainer_kwargs or {}), **kwargs})
+
+
+def write_timings(path: Path, timings: dict[str, float]) -> None:
+    """Write ``timings.json``, keeping the first run's time of every step already recorded.
+
+    A rerun skips finished steps and takes seconds for them; the file keeps what they cost
+    when they ran (``last_run_total``: the rerun's own total).
+    """
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    merged = {**timings, **{k: v for k, v in previous.items() if k != "last_run_total"}}
+    if previous:
+        merged["last_run_total"] = timings["total"]
+    path.write_text(json.dumps(merged, indent=2))

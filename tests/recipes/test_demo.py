@@ -50,7 +50,7 @@ def test_demo_and_compare_count_target_share_by_one_rule(tmp_path):
 
 
 def test_rerun_keeps_the_first_runs_timings(tmp_path):
-    from lightning_less.recipes.demo import write_timings
+    from lightning_less.recipes.steps import write_timings
 
     path = tmp_path / "timings.json"
     write_timings(path, {"less": 100.0, "total": 150.0})

@@ -64,8 +64,14 @@ def test_pipeline_runs_then_skips_then_refuses_stale(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pl.Trainer, "fit", boom)
     monkeypatch.setattr(pl.Trainer, "predict", boom)
+    first = json.loads((out / "timings.json").read_text())
+    assert set(first) == {"warmup", "features_pool", "features_targets", "selection", "train", "total"}
+    assert first["total"] == pytest.approx(sum(v for k, v in first.items() if k != "total"), abs=0.05)
     again = run_pipeline(pool=[str(a), str(b)], targets=[str(t)], output=str(out), eval=[str(t)], max_length=64, seed=0, **_settings())
     assert again["train"] == result["train"]
+    # The rerun's seconds do not replace what the steps cost when they ran.
+    timings = json.loads((out / "timings.json").read_text())
+    assert {k: timings[k] for k in first} == first and timings["last_run_total"] < first["total"]
 
     # Other settings on the same output are refused, never silently mixed.
     settings = _settings()
