@@ -13,7 +13,7 @@ def test_demo_writes_results_for_every_method(tmp_path, capsys, monkeypatch):
     main(["demo", "--output", str(tmp_path), "--seed", "0"])
     printed = capsys.readouterr().out
     results = json.loads((tmp_path / "results.json").read_text())
-    assert {"less", "random", "full", "bm25", "dsir", "rds", "s2l"} <= set(results)
+    assert {"less", "random", "full", "bm25", "dsir", "rds", "s2l", "less_t", "random_t"} <= set(results)
     for row in results.values():
         assert 0.0 <= row["target_share"] <= 1.0 and row["target_loss"] > 0 and 0.0 <= row["target_exact_match"] <= 1.0
     assert results["less"]["target_share"] > 2 * results["random"]["target_share"]
