@@ -44,3 +44,11 @@ def run_two_ranks(script: Path, cwd: Path | None = None) -> list[str]:
     outs = [p.communicate(timeout=300)[0].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     return outs
+
+
+def fill_store(store, indices, rows) -> None:
+    """Write ``rows(snapshot, dim, indices)`` into every array of ``store`` and mark those rows done."""
+    for snap in store.snapshots:
+        for dim in store.dims:
+            store.write(snap, dim, indices, rows(snap, dim, indices))
+        store.mark_done(snap, indices)

@@ -275,12 +275,14 @@ def files_fingerprint(paths: Iterable[str | os.PathLike]) -> list[dict]:
     return [{"path": str(p), "sha256": file_sha256(p), "bytes": input_bytes(p)} for p in paths]
 
 
-def read_raw_lines(records: Sequence[Record]) -> list[bytes]:
-    """The exact input bytes (without line ending) of each record, in the order given."""
+def read_raw_lines(records: Sequence[Record], indices: Sequence[int] | None = None) -> list[bytes]:
+    """The exact input bytes (without line ending) of each record (of ``records[i]`` for ``i`` in ``indices``), in order."""
     from lightning_less.data.index import RecordIndex
 
-    if isinstance(records, RecordIndex):
-        return records.raw_lines(range(len(records)))
+    if isinstance(records, RecordIndex):  # read by offset, never building the records
+        return records.raw_lines(range(len(records)) if indices is None else indices)
+    if indices is not None:
+        records = [records[int(i)] for i in indices]
     wanted: dict[str, set[int]] = {}
     for r in records:
         wanted.setdefault(r.path, set()).add(r.line)

@@ -162,7 +162,7 @@ def _write_files(tmp: Path, records: Sequence[Record], scores: np.ndarray | None
         _sync(f)
     with open(tmp / SELECTED_FILE, "wb") as f:
         for start in range(0, sel.size, RAW_CHUNK):
-            for line in _raw_lines(records, sel[start:start + RAW_CHUNK]):
+            for line in read_raw_lines(records, sel[start:start + RAW_CHUNK]):
                 f.write(line + b"\n")
         _sync(f)
     if isinstance(records, RecordIndex) and records.only_datasets():
@@ -173,12 +173,6 @@ def _write_files(tmp: Path, records: Sequence[Record], scores: np.ndarray | None
         json.dump(manifest, f, indent=2, default=_json_default)
         f.write("\n")
         _sync(f)
-
-
-def _raw_lines(records: Sequence[Record], indices: np.ndarray) -> list[bytes]:
-    if isinstance(records, RecordIndex):
-        return records.raw_lines(indices)
-    return read_raw_lines([records[int(i)] for i in indices])
 
 
 def _sync(f: Any) -> None:
@@ -390,5 +384,5 @@ def _verify_pool(out_dir: Path, manifest: dict, selected: np.ndarray, records: S
             written = f.read().split(b"\n")[:-1]
     except FileNotFoundError:
         raise MissingInputError(f"{out_dir / SELECTED_FILE} is missing: the selection is incomplete. {REWRITE}") from None
-    if written != _raw_lines(records, selected):
+    if written != read_raw_lines(records, selected):
         raise StaleSelectionError(f"{out_dir}: {SELECTED_FILE} does not match the pool records it names")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lightning_less.stores.datastore import GradientDatastore
+from tests.helpers import fill_store
 
 N = 12
 SNAPSHOTS = ["epoch_000", "epoch_001"]
@@ -26,10 +27,7 @@ def rows(snapshot: str, dim: int, index: np.ndarray) -> np.ndarray:
 
 
 def fill(store: GradientDatastore, index: np.ndarray) -> None:
-    for snap in store.snapshots:
-        for dim in store.dims:
-            store.write(snap, dim, index, rows(snap, dim, index))
-        store.mark_done(snap, index)
+    fill_store(store, index, rows)
 
 
 def make_store(path: Path, complete: bool = True, manifest: dict | None = None, **kw) -> Path:

@@ -10,6 +10,7 @@ import pytest
 
 from lightning_less.stores import datastore as ds_module
 from lightning_less.stores.datastore import GradientDatastore
+from tests.helpers import fill_store
 
 N = 10
 SNAPSHOTS = ["epoch_000", "epoch_001"]
@@ -26,10 +27,7 @@ def features_for(snapshot: str, dim: int, indices: np.ndarray) -> np.ndarray:
 
 
 def fill(store: GradientDatastore, indices: np.ndarray) -> None:
-    for snap in store.snapshots:
-        for dim in store.dims:
-            store.write(snap, dim, indices, features_for(snap, dim, indices))
-        store.mark_done(snap, indices)
+    fill_store(store, indices, features_for)
 
 
 def create(path, **kw) -> GradientDatastore:
