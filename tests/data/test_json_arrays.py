@@ -222,6 +222,17 @@ def test_reading_complete_records_warns_once_per_file(tmp_path, caplog):
                         "reading only the 2 complete record(s) before it (LIGHTNING_LESS_TRUNCATED=complete)"]
 
 
+@pytest.mark.parametrize("rank, warned", [("1", False), ("0", True)])
+def test_only_rank_zero_warns(tmp_path, caplog, monkeypatch, rank, warned):
+    # Catches: one warning per DDP process (each rank reads the pool).
+    monkeypatch.setenv("LOCAL_RANK", rank)
+    path = tmp_path / "cut.json"
+    path.write_text('[{"prompt": "a", "completion": "b"}, {"pro')
+    with caplog.at_level(logging.WARNING, logger="lightning_less"):
+        assert len(read_records(str(path), truncated="complete")) == 1
+    assert any("is cut off" in r.getMessage() for r in caplog.records) is warned
+
+
 def test_array_index_pickles_and_refuses_a_changed_file(tmp_path):
     # Catches: an index that cannot go to a data-loader worker (an open file in its state), a worker reading
     # another file version at old offsets, or a changed file keeping its old digest.
@@ -290,6 +301,10 @@ def test_open_source_picks_the_reader_by_content(tmp_path):
     assert isinstance(open_source(str(path)), JsonArraySource)
     (record,) = read_records(str(path))
     assert record.line == 2 and record.messages[1]["content"] == " 4"
+    path.write_text(" [ \n ] \n")
+    assert isinstance(open_source(str(path)), JsonArraySource)
+    with pytest.raises(RecordError, match=r"empty\.json: file is empty"):
+        read_records(str(path.rename(tmp_path / "empty.json")))
 
 
 def test_select_on_a_cut_file_exits_2_unless_complete_records_are_asked_for(tmp_path, monkeypatch, capsys, caplog):
