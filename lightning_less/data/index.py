@@ -4,17 +4,20 @@ A pool of millions of examples does not fit in memory as Python objects. The ind
 every input once, validating each record as :func:`~lightning_less.data.records.read_records`
 always did (a bad line raises at once, naming its file and line), and keeps per record only
 
-* where it is: the byte offset, length and line number of a jsonl line (a dataset row is
-  its own position: nothing is kept),
+* where it is: the byte offset, length and (starting) line number of a jsonl line or of
+  an element of a ``.json`` array (a dataset row is its own position: nothing is kept),
 * its ``source`` and ``subtask`` as ``int32`` codes into two small vocabularies,
 
 about 28 bytes per record. A record's text is read again (``os.pread``, or a memory-mapped
 Arrow row) and parsed when it is accessed; iterating streams the inputs in order. The raw
-line of a jsonl record is read back byte for byte for ``selected.jsonl``.
+line of a jsonl record is read back byte for byte for ``selected.jsonl`` (a pretty-printed
+array element as one line of compact JSON). A file cut off at the end is an error or is
+read up to its last complete record (``truncated``, :mod:`lightning_less.data.jsonfiles`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from array import array
@@ -22,22 +25,26 @@ from typing import Iterator, Sequence, overload
 
 import numpy as np
 
+from lightning_less.data.jsonfiles import (CHUNK, ArrayScanner, Cut, Truncated, accept_cut, first_byte,
+                                           resolve_truncated, stops_at_end)
 from lightning_less.data.records import Record, RecordError, input_stem, record_from_obj
 
 #: Per-record arrays of an index, for the memory test and the docs.
 PER_RECORD_ARRAYS = ("offsets", "lengths", "lines", "source_codes", "subtask_codes")
 
 
-class JsonlSource:
-    """One jsonl file: the offsets, lengths and line numbers of its non-blank lines, filled by :meth:`scan`."""
+class _FileSource:
+    """A file of records: the offset, byte length and starting line of each, filled by ``scan``; read back by pread."""
 
     unit = "line"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, truncated: Truncated = "error") -> None:
         if os.path.isdir(path):
             raise RecordError(path, None, "is a directory, expected a jsonl file or a saved dataset directory "
                                           "(Dataset.save_to_disk: it holds dataset_info.json and state.json)")
         self.path = path
+        self.truncated = truncated
+        self.cut: Cut | None = None  # where a file cut off at the end stops (read with truncated="complete")
         self.offsets = np.zeros(0, dtype=np.int64)
         self.lengths = np.zeros(0, dtype=np.int32)
         self.lines = np.zeros(0, dtype=np.int32)
@@ -52,47 +59,31 @@ class JsonlSource:
         state["_fd"] = None
         return state
 
-    def _lines(self) -> Iterator[tuple[int, int, bytes]]:
-        """``(line number, byte offset, stripped bytes)`` of every non-blank line."""
+    def _open(self):
+        """The file opened for a scan, its version (size, mtime) recorded."""
         try:
             handle = open(self.path, "rb")
         except OSError as err:
             raise RecordError(self.path, None, f"cannot read file: {err.strerror or err}") from err
-        with handle:
-            st = os.fstat(handle.fileno())
-            self._version = (st.st_size, st.st_mtime_ns)
-            offset = 0
-            for number, raw in enumerate(handle, start=1):
-                stripped = raw.rstrip(b"\r\n")
-                if stripped.strip():
-                    yield number, offset, stripped
-                offset += len(raw)
+        st = os.fstat(handle.fileno())
+        self._version = (st.st_size, st.st_mtime_ns)
+        return handle
 
-    def scan(self) -> Iterator[tuple[int, object]]:
-        """Parse every line once, recording where it is; yields ``(line, parsed object)``."""
-        offsets, lengths, lines = array("q"), array("i"), array("i")
-        for number, offset, raw in self._lines():
-            offsets.append(offset)
-            lengths.append(len(raw))
-            lines.append(number)
-            yield number, _parse(raw, self.path, number)
+    def _keep(self, offsets: array, lengths: array, lines: array, cut: Cut | None) -> None:
+        """Store the scanned records' places; a cut at the end is an error or a warning (``truncated``)."""
         self.offsets = np.frombuffer(offsets, dtype=np.int64).copy()
         self.lengths = np.frombuffer(lengths, dtype=np.int32).copy()
         self.lines = np.frombuffer(lines, dtype=np.int32).copy()
-
-    def stream(self) -> Iterator[tuple[int, object]]:
-        """``(line, parsed object)`` of every record, reading the file in order."""
-        self.check_unchanged()
-        for number, _, raw in self._lines():
-            yield number, _parse(raw, self.path, number)
+        self.cut = cut
+        if cut is not None:
+            accept_cut(self.path, cut, self.truncated)
 
     def check_unchanged(self) -> None:
         st = os.stat(self.path) if os.path.exists(self.path) else None
         if st is None or (st.st_size, st.st_mtime_ns) != self._version:
             raise RecordError(self.path, None, "the file changed since it was read: read the records again")
 
-    def raw(self, local: int) -> bytes:
-        """The record's line, byte for byte, without its line ending."""
+    def _pread(self, local: int) -> bytes:
         pid = os.getpid()
         if self._fd is None or self._fd[0] != pid:
             self._fd = (pid, os.open(self.path, os.O_RDONLY))
@@ -103,9 +94,106 @@ class JsonlSource:
                                                                  "read (read the records again)")
         return data
 
+    def raw(self, local: int) -> bytes:
+        """The record's bytes as written to ``selected.jsonl`` (one line)."""
+        return self._pread(local)
+
     def read(self, local: int) -> tuple[int, object]:
         line = int(self.lines[local])
-        return line, _parse(self.raw(local), self.path, line)
+        return line, _parse(self._pread(local), self.path, line)
+
+
+class JsonlSource(_FileSource):
+    """One jsonl file (or a ``.json`` file of JSON lines): one record per non-blank line."""
+
+    def _lines(self) -> Iterator[tuple[int, int, bytes, bool]]:
+        """``(line number, byte offset, stripped bytes, ends with a newline)`` of every non-blank line."""
+        with self._open() as handle:
+            offset = 0
+            for number, raw in enumerate(handle, start=1):
+                stripped = raw.rstrip(b"\r\n")
+                if stripped.strip():
+                    yield number, offset, stripped, raw.endswith(b"\n")
+                offset += len(raw)
+
+    def scan(self) -> Iterator[tuple[int, object]]:
+        """Parse every line once, recording where it is; yields ``(line, parsed object)``."""
+        offsets, lengths, lines = array("q"), array("i"), array("i")
+        cut = None
+        for number, offset, raw, ended in self._lines():
+            try:
+                obj = _parse(raw, self.path, number)
+            except RecordError as err:
+                if ended or not _stops_at_end(raw):  # not the last line, or malformed before its end
+                    if self.path.lower().endswith(".json") and number == 1:
+                        raise RecordError(self.path, number, f"{err.reason} (a .json file is read as one JSON "
+                                                             "array when it starts with '[', else as JSON lines)")
+                    raise
+                cut = Cut(number, offset, len(offsets))
+                break
+            offsets.append(offset)
+            lengths.append(len(raw))
+            lines.append(number)
+            yield number, obj
+        self._keep(offsets, lengths, lines, cut)
+
+    def stream(self) -> Iterator[tuple[int, object]]:
+        """``(line, parsed object)`` of every record, reading the file in order."""
+        self.check_unchanged()
+        for number, _, raw, _ in itertools.islice(self._lines(), len(self)):  # not the cut last line
+            yield number, _parse(raw, self.path, number)
+
+
+class JsonArraySource(_FileSource):
+    """One ``.json`` file holding a JSON array: one record per element, which may span several lines.
+
+    ``line`` is the line where the element starts. :meth:`raw` gives the element's own
+    bytes when they hold no line break, else the element as compact JSON on one line
+    (``json.dumps(element, ensure_ascii=False)``), so ``selected.jsonl`` stays JSON lines.
+    """
+
+    def scan(self) -> Iterator[tuple[int, object]]:
+        """Parse every element once, recording where it is; yields ``(line, parsed object)``."""
+        offsets, lengths, lines = array("q"), array("i"), array("i")
+        with self._open() as handle:
+            scanner = ArrayScanner(handle, self.path)
+            for line, offset, length, obj in scanner:
+                offsets.append(offset)
+                lengths.append(length)
+                lines.append(line)
+                yield line, obj
+        self._keep(offsets, lengths, lines, scanner.cut)
+
+    def stream(self) -> Iterator[tuple[int, object]]:
+        """``(line, parsed object)`` of every record, reading the file in order a block at a time."""
+        self.check_unchanged()
+        with open(self.path, "rb") as handle:
+            block, start = b"", 0
+            for local in range(len(self)):
+                offset, length, line = int(self.offsets[local]), int(self.lengths[local]), int(self.lines[local])
+                if offset + length > start + len(block):
+                    handle.seek(offset)
+                    block, start = handle.read(max(length, CHUNK)), offset
+                data = block[offset - start:offset - start + length]
+                if len(data) != length:
+                    self.check_unchanged()
+                yield line, _parse(data, self.path, line)
+
+    def raw(self, local: int) -> bytes:
+        data = self._pread(local)
+        if b"\n" in data or b"\r" in data:  # a pretty-printed element: one line of compact JSON instead
+            return json.dumps(json.loads(data), ensure_ascii=False).encode("utf-8")
+        return data
+
+
+def _stops_at_end(raw: bytes) -> bool:
+    """Whether a jsonl line that does not parse is the start of a valid JSON value (cut off, not malformed)."""
+    text = raw.decode("utf-8", "surrogateescape")  # a cut inside a multi-byte character: a lone surrogate
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as err:
+        return stops_at_end(text, err)
+    return False  # parses as text: the bytes were not valid UTF-8
 
 
 def _parse(raw: bytes, path: str, line: int) -> object:
@@ -115,22 +203,39 @@ def _parse(raw: bytes, path: str, line: int) -> object:
         raise RecordError(path, line, f"malformed JSON: {err}") from err
 
 
-def open_source(path: str):
-    """The source reading ``path``: a jsonl file, or a Hugging Face dataset (directory, parquet, arrow, ``hf://``)."""
+def open_source(path: str, truncated: Truncated = "error"):
+    """The source reading ``path``: a jsonl file, a ``.json`` array, or a Hugging Face dataset (directory,
+    parquet, arrow, ``hf://``)."""
     from lightning_less.data.sources import DatasetSource, is_dataset_input
 
-    return DatasetSource(path) if is_dataset_input(path) else JsonlSource(path)
+    if is_dataset_input(path):
+        return DatasetSource(path)
+    if path.lower().endswith(".json") and os.path.isfile(path) and _first_byte(path) == b"[":
+        return JsonArraySource(path, truncated)
+    return JsonlSource(path, truncated)
+
+
+def _first_byte(path: str) -> bytes:
+    try:
+        return first_byte(path)
+    except OSError as err:
+        raise RecordError(path, None, f"cannot read file: {err.strerror or err}") from err
 
 
 class RecordIndex(Sequence[Record]):
     """The records of several inputs, indexed once, read when needed (see the module docstring).
 
     Args:
-        paths: jsonl files, saved dataset directories, parquet / arrow files or ``hf://`` names, in order.
+        paths: jsonl files, ``.json`` files (one JSON array, or JSON lines), saved dataset
+            directories, parquet / arrow files or ``hf://`` names, in order.
+        truncated: a file cut off at the end (:mod:`lightning_less.data.jsonfiles`) is an
+            error (``"error"``) or read up to its last complete record (``"complete"``);
+            ``None``: ``LIGHTNING_LESS_TRUNCATED`` in the environment, else ``"error"``.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
+    def __init__(self, paths: Sequence[str | os.PathLike], truncated: Truncated | None = None) -> None:
         self.paths = [os.fspath(p) for p in paths]
+        self.truncated = resolve_truncated(truncated)
         self.sources = []
         self.source_names: list[str] = []
         self.subtask_names: list[str] = []
@@ -139,7 +244,7 @@ class RecordIndex(Sequence[Record]):
         subtask_of: dict[str, int] = {}
         starts = [0]
         for path in self.paths:
-            source = open_source(path)
+            source = open_source(path, self.truncated)
             stem = input_stem(path)
             count = 0
             for line, obj in source.scan():

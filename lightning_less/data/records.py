@@ -1,16 +1,26 @@
-"""Instruction records: reading jsonl files in the three supported formats.
+"""Instruction records: reading jsonl files (and JSON arrays) in the four supported layouts.
 
 Every record is normalised to a list of chat ``messages`` (``system`` / ``user`` /
 ``assistant`` turns) so that one template and one masking rule serve all formats:
 
 * Tülu / open-instruct: ``{"messages": [{"role": ..., "content": ...}, ...]}``
+* ShareGPT: ``{"conversations": [{"from": ..., "value": ...}, ...]}``; ``from`` is mapped
+  by :data:`SHAREGPT_ROLES` (``human`` / ``user`` -> user; ``gpt`` / ``assistant`` /
+  ``chatgpt`` / ``bing`` / ``bard`` -> assistant; ``system``), any other name is an error.
 * prompt / completion: ``{"prompt": ..., "completion": ...}`` -> one user and one assistant turn
 * Alpaca: ``{"instruction": ..., "input": ..., "output": ...}`` -> the user turn is the
   instruction, followed by a blank line and the input (both stripped) when the input is
   not empty.
 
+Both chat layouts follow the same rules: every turn is kept in order (consecutive turns of
+one role too, and a conversation may start with the assistant), every turn's content must
+be a non-empty string except a system turn's, and at least one turn must be the
+assistant's. A record with several layouts' fields is read by the first in the list above.
+
 Any malformed record raises :class:`RecordError`, whose message names the file and the
-1-based line number. :func:`read_records` returns a
+1-based line number (of a JSON array: the line where the element starts); a file cut off
+at the end is an error or read up to its last complete record
+(:mod:`lightning_less.data.jsonfiles`). :func:`read_records` returns a
 :class:`~lightning_less.data.index.RecordIndex` (a few integers per record, text read on
 access) and also reads Hugging Face ``datasets`` inputs (:mod:`lightning_less.data.sources`);
 docs/scaling.md says how.
@@ -30,6 +40,7 @@ from lightning_less.errors import InputError
 
 if TYPE_CHECKING:
     from lightning_less.data.index import RecordIndex
+    from lightning_less.data.jsonfiles import Truncated
 
 ROLES = ("system", "user", "assistant")
 
@@ -99,28 +110,39 @@ def _require_str(value: object, path: str, line: int, name: str, allow_empty: bo
     return value
 
 
+#: ShareGPT speaker names (``from``) and the role each becomes.
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+
+
+def _turns(raw: object, path: str, line: int, name: str, role_key: str, content_key: str, roles: dict) -> tuple:
+    """The turns of a ``messages`` or ``conversations`` list, each role mapped through ``roles``."""
+    if not isinstance(raw, list) or not raw:
+        raise RecordError(path, line, f"field {name!r} must be a non-empty list")
+    messages = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise RecordError(path, line, f"{name}[{i}] must be an object with {role_key!r} and {content_key!r}")
+        for key in (role_key, content_key):
+            if key not in m:
+                raise RecordError(path, line, f"{name}[{i}] is missing field {key!r}")
+        role = roles.get(m[role_key]) if isinstance(m[role_key], str) else None
+        if role is None:
+            raise RecordError(path, line,
+                              f"{name}[{i}] has unknown role {m[role_key]!r} (expected one of {tuple(roles)})")
+        content = _require_str(m[content_key], path, line, f"{name}[{i}].{content_key}", allow_empty=role == "system")
+        messages.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RecordError(path, line, f"no assistant turn in {name!r}")
+    return tuple(messages)
+
+
 def normalise_messages(obj: dict, path: str, line: int) -> tuple:
     """Turn one parsed json object into a tuple of messages, validating it."""
     if "messages" in obj:
-        raw = obj["messages"]
-        if not isinstance(raw, list) or not raw:
-            raise RecordError(path, line, "field 'messages' must be a non-empty list")
-        messages = []
-        for i, m in enumerate(raw):
-            if not isinstance(m, dict):
-                raise RecordError(path, line, f"messages[{i}] must be an object with 'role' and 'content'")
-            if "role" not in m:
-                raise RecordError(path, line, f"messages[{i}] is missing field 'role'")
-            if "content" not in m:
-                raise RecordError(path, line, f"messages[{i}] is missing field 'content'")
-            role = m["role"]
-            if role not in ROLES:
-                raise RecordError(path, line, f"messages[{i}] has unknown role {role!r} (expected one of {ROLES})")
-            content = _require_str(m["content"], path, line, f"messages[{i}].content", allow_empty=role == "system")
-            messages.append({"role": role, "content": content})
-        if not any(m["role"] == "assistant" for m in messages):
-            raise RecordError(path, line, "no assistant turn in 'messages'")
-        return tuple(messages)
+        return _turns(obj["messages"], path, line, "messages", "role", "content", {r: r for r in ROLES})
+    if "conversations" in obj:
+        return _turns(obj["conversations"], path, line, "conversations", "from", "value", SHAREGPT_ROLES)
     if "prompt" in obj or "completion" in obj:
         for name in ("prompt", "completion"):
             if name not in obj:
@@ -143,7 +165,8 @@ def normalise_messages(obj: dict, path: str, line: int) -> tuple:
     raise RecordError(
         path,
         line,
-        "unknown record format: expected 'messages', 'prompt'+'completion' or 'instruction'+'output' fields",
+        "unknown record format: expected 'messages', 'conversations', 'prompt'+'completion' or "
+        "'instruction'+'output' fields",
     )
 
 
@@ -191,21 +214,29 @@ def record_from_obj(obj: Any, path: str, line: int, index: int, stem: str, unit:
                   path=path, line=line, messages=messages)
 
 
-def read_jsonl(path: str | os.PathLike, start_index: int = 0) -> list[Record]:
-    """Read and validate every record of one jsonl file into a list (small files: see :func:`read_records`)."""
+def read_jsonl(path: str | os.PathLike, start_index: int = 0, truncated: Truncated | None = None) -> list[Record]:
+    """Read and validate every record of one jsonl (or ``.json``) file into a list (small files: :func:`read_records`)."""
     from lightning_less.data.index import RecordIndex
 
-    return [dataclasses.replace(r, index=start_index + r.index) for r in RecordIndex([path])]
+    return [dataclasses.replace(r, index=start_index + r.index) for r in RecordIndex([path], truncated)]
 
 
-def read_records(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> "RecordIndex":
-    """Index several inputs (jsonl files, saved datasets, parquet / arrow files) into one sequence of records.
+def read_records(paths: Sequence[str | os.PathLike] | str | os.PathLike,
+                 truncated: Truncated | None = None) -> "RecordIndex":
+    """Index several inputs (jsonl files, ``.json`` arrays, saved datasets, parquet / arrow files) into one sequence.
 
     Every record is validated now (a bad one raises :class:`RecordError` naming its file and
     line); the result keeps only byte offsets and small integer codes per record and reads
     (and re-validates) a record's text when it is accessed. It behaves like the list of
     records: ``len``, indexing, slicing (a list) and iteration (streamed, in order), with
     global, stable indices.
+
+    Args:
+        paths: the inputs, in order.
+        truncated: a file cut off at the end is an error (``"error"``) or read up to its last
+            complete record with a warning (``"complete"``); ``None`` (the default) takes
+            ``LIGHTNING_LESS_TRUNCATED`` from the environment, else ``"error"``. A malformed
+            record before the end is an error either way.
     """
     from lightning_less.data.index import RecordIndex
 
@@ -213,7 +244,7 @@ def read_records(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> "Rec
         paths = [paths]
     if not paths:
         raise ValueError("no data files given")
-    return RecordIndex(paths)
+    return RecordIndex(paths, truncated)
 
 
 #: Digests already computed in this process, by version of the file (real path, size, mtime, inode).
@@ -288,13 +319,27 @@ def read_raw_lines(records: Sequence[Record], indices: Sequence[int] | None = No
         wanted.setdefault(r.path, set()).add(r.line)
     raw: dict[tuple[str, int], bytes] = {}
     for path, lines in wanted.items():
-        for number, data in iter_lines(path):
+        for number, data in _raw_by_line(path):
             if number in lines:
                 raw[(path, number)] = data
     missing = [r for r in records if (r.path, r.line) not in raw]
     if missing:
         raise RecordError(missing[0].path, missing[0].line, "line is blank or gone: the file changed since it was read")
     return [raw[(r.path, r.line)] for r in records]
+
+
+def _raw_by_line(path: str) -> Iterator[tuple[int, bytes]]:
+    """``(line, raw record)`` of a file's records: its lines, or the one-line JSON of each element or row."""
+    from lightning_less.data.index import JsonlSource, open_source
+    from lightning_less.data.jsonfiles import resolve_truncated
+
+    source = open_source(path, resolve_truncated())
+    if isinstance(source, JsonlSource):
+        yield from iter_lines(path)
+        return
+    lines = [line for line, _ in source.scan()]
+    for local, line in enumerate(lines):
+        yield line, source.raw(local)
 
 
 def as_paths(value: Any) -> list[str]:

@@ -1,9 +1,10 @@
 """Hugging Face ``datasets`` as input: saved dataset directories, parquet and arrow files, hub names.
 
-A dataset input holds the same three record formats as a jsonl file, one per row, as
-columns: ``messages`` (a list of ``{role, content}``), ``prompt`` + ``completion``, or
-``instruction`` + ``input`` + ``output`` (and optionally ``id``, ``dataset`` / ``source``,
-``subtask``). A row's null columns count as absent, so a dataset may mix formats.
+A dataset input holds the same four record layouts as a jsonl file, one per row, as
+columns: ``messages`` (a list of ``{role, content}``), ``conversations`` (ShareGPT: a list
+of ``{from, value}``), ``prompt`` + ``completion``, or ``instruction`` + ``input`` +
+``output`` (and optionally ``id``, ``dataset`` / ``source``, ``subtask``). A row's null
+columns count as absent, so a dataset may mix formats.
 
 * a directory written by ``Dataset.save_to_disk`` (it holds ``dataset_info.json`` and ``state.json``),
 * a ``.parquet`` file (``Dataset.from_parquet``: converted once into the ``datasets`` cache),
