@@ -23,7 +23,7 @@ from lightning_less.stores.datastore import GradientDatastore
 from lightning_less.stores.files import DiskFullError
 from lightning_less.stores.trajectory import TrajectoryStore
 from tests.faults.conftest import DIMS, MANIFEST, N, SNAPSHOTS, fill, make_store
-from tests.helpers import qa_records, write_jsonl
+from tests.helpers import qa_records, run_two_ranks, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,3 +221,28 @@ def test_the_fit_command_onto_a_full_disk_exits_2(small_disk, tmp_path, capsys, 
     text = " ".join(err[err.index("error:"):].split())  # the last thing written, after Lightning's own lines
     assert text.startswith(f"error: not enough disk space to write the snapshot of epoch 0 "
                            f"{disk / 'snaps' / 'epoch_000'} (No space left on device): it needs "), err
+
+
+def test_two_process_warmup_onto_a_full_disk_stops_both_ranks_with_the_same_error(small_disk, tmp_path):
+    """Rank 0 writes the snapshot; its disk-full error reaches rank 1 too, which used to die at the barrier with
+    gloo's "Connection closed by peer" (or wait there until a timeout)."""
+    disk = small_disk("disk", 16 * 1024)
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        from lightning_less.callbacks.snapshot import GradientFeatureCallback
+        from lightning_less.stores.files import DiskFullError
+        from tests.faults.conftest import warmup
+        from pathlib import Path
+        torch.set_num_threads(1)
+        try:
+            warmup(Path({str(tmp_path)!r}), [GradientFeatureCallback({str(disk / 'snaps')!r})], epochs=2,
+                   accelerator="cpu", devices=2, strategy="ddp")
+        except DiskFullError as err:
+            print("STOPPED:", " ".join(str(err).split()))
+    """))
+    outs = run_two_ranks(script)
+    stopped = [next((line for line in out.splitlines() if line.startswith("STOPPED:")), None) for out in outs]
+    assert stopped[0] is not None and stopped[0] == stopped[1], outs
+    assert f"the snapshot of epoch 0 {disk / 'snaps' / 'epoch_000'}" in stopped[0]
+    assert sorted(p.name for p in (disk / "snaps").iterdir()) == ["snapshots.json"]
