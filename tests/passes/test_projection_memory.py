@@ -1,8 +1,8 @@
 """The unchunked gradient pass (trak_basic, trak_cuda) projects each snapshot's gradient as soon as it is computed.
 
 It used to keep every snapshot's full fp32 [B, P] gradient and then a ``torch.cat`` copy of
-each before projecting: (snapshots + 1) x B x P x 4 bytes, 16 GiB more than needed for the
-paper's 2^27 LoRA parameters, B = 16 and 4 snapshots. ``trak_cuda`` needs a GPU, but takes
+each before projecting: (snapshots + 1) x B x P x 4 bytes, at least 40 GiB instead of 8 GiB
+for the paper's 2^27 LoRA parameters, B = 16 and 4 snapshots. ``trak_cuda`` needs a GPU, but takes
 the same code path as ``trak_basic`` (no per-call cost, so nothing is collected over
 batches), which these tests run on CPU.
 """
