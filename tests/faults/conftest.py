@@ -81,13 +81,6 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def fill_up(disk: Path, leave: int) -> None:
-    """Fill ``disk`` with one file until only ``leave`` bytes (rounded to a page) stay free."""
-    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-    with open(disk / "filler", "wb") as f:
-        f.write(bytes(max(free - leave, 0)))
-
-
 @pytest.fixture
 def umask_022():
     """A known umask for the test (process-wide), restored afterwards."""
