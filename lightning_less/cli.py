@@ -7,8 +7,10 @@
   options and ``--help``, and the CLI prints what it returns, once: an object with
   ``__rich__`` through rich, a dict as indented JSON, nothing for None.
 * An expected failure (:class:`~lightning_less.errors.LessError`, a missing file) prints
-  one ``error: ...`` paragraph on stderr and exits with status 2; ``--debug`` anywhere on
-  the command line (or ``LIGHTNING_LESS_DEBUG=1``) shows the traceback instead.
+  one ``error: ...`` paragraph on stderr and exits with status 2, also when a class raised it
+  while jsonargparse built it from the command line or a config (:func:`expected_error`);
+  ``--debug`` anywhere on the command line (or ``LIGHTNING_LESS_DEBUG=1``) shows the
+  traceback instead, after the error's ``details`` if it has any.
 
 Nothing heavy is imported at module level: ``--help`` and ``--version`` answer without
 importing torch or Lightning.
@@ -266,6 +268,33 @@ def error_message(err: BaseException) -> str:
     return textwrap.fill("error: " + " ".join(text.split()), _width(), break_long_words=False, break_on_hyphens=False)
 
 
+def expected_error(err: BaseException) -> BaseException | None:
+    """The failure a user can fix behind ``err``: ``err`` itself, or the one a class raised while jsonargparse built it.
+
+    jsonargparse wraps what a class's ``__init__`` raises (LightningCLI's model and data, any
+    ``class_path`` in a config) in a ``ValueError`` that lists every type of a Union it tried,
+    the given value and more: a hundred lines with the real message buried inside. The error
+    it was raised from, however deeply nested, is the one to print. An error raised outside
+    jsonargparse is never unwrapped (None unless it is expected itself): a bug keeps its traceback.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, EXPECTED_ERRORS):
+            return err
+        if not _raised_by_jsonargparse(err):
+            return None
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _raised_by_jsonargparse(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).partition(".")[0] == "jsonargparse"
+
+
 def _debug_requested(args: list[str]) -> bool:
     return "--debug" in args or os.environ.get("LIGHTNING_LESS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
@@ -303,10 +332,16 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     try:
         result = run_command(name, args[1:])
-    except EXPECTED_ERRORS as err:
-        if debug:
+    except Exception as err:
+        expected = expected_error(err)
+        if expected is None:
             raise
-        print(error_message(err), file=sys.stderr)
+        if debug:
+            details = getattr(expected, "details", None)
+            if details:  # what the one paragraph leaves out (e.g. every differing file), then the traceback
+                print(f"details of the error below:\n{details}", file=sys.stderr)
+            raise
+        print(error_message(expected), file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         if debug:

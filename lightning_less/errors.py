@@ -10,7 +10,17 @@ from __future__ import annotations
 
 
 class LessError(Exception):
-    """An expected failure with a message meant for the user (no traceback on the command line)."""
+    """An expected failure with a message meant for the user (no traceback on the command line).
+
+    Args:
+        *args: the message, as for any exception.
+        details: more than the one paragraph a user needs first (e.g. every differing file of
+            two inputs); the command line prints it with the traceback under ``--debug``.
+    """
+
+    def __init__(self, *args: object, details: str | None = None) -> None:
+        super().__init__(*args)
+        self.details = details
 
 
 class InputError(LessError, ValueError):

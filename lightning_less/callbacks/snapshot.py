@@ -33,7 +33,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from lightning_less.errors import InputError, LessError
-from lightning_less.stores.files import apply_umask, make_temp_dir, remove_temps, write_json_atomic
+from lightning_less.stores.files import (DiskFullError, apply_umask, disk_full_as, make_temp_dir, remove_temps,
+                                        write_json_atomic)
 from lightning_less.stores.lock import DirectoryLock
 from lightning_less.stores.snapshots import (MOMENTS_FILE, PLAN_FILE, SNAPSHOT_FILE, SNAPSHOT_FORMAT_VERSION, Snapshot,
                                              epoch_of, list_snapshots, load_snapshot, planned_snapshots,
@@ -157,7 +158,8 @@ class GradientFeatureCallback(Callback):
     def _update_plan(self, **changes: Any) -> None:
         if self._plan:
             self._plan.update(changes)
-            write_json_atomic(self.dirpath / PLAN_FILE, self._plan, sort_keys=False)
+            with disk_full_as(self.dirpath / PLAN_FILE, "the warmup's plan", "then rerun the warmup with overwrite=True"):
+                write_json_atomic(self.dirpath / PLAN_FILE, self._plan, sort_keys=False)
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -196,9 +198,17 @@ class GradientFeatureCallback(Callback):
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
         if (epoch + 1) % self.every_n_epochs == 0 or last:
             path = self.dirpath / snapshot_dirname(epoch)
+            error: LessError | None = None
             if trainer.is_global_zero:
-                self.write_snapshot(trainer, pl_module, path)
-            trainer.strategy.barrier()
+                try:
+                    self.write_snapshot(trainer, pl_module, path)
+                except LessError as err:  # a full disk: every rank stops, none waits for rank 0 forever
+                    error = err
+            message = trainer.strategy.broadcast(None if error is None else str(error), src=0)
+            if error is not None:
+                raise error
+            if message is not None:
+                raise DiskFullError(message)
             self.written.append(str(path))
         self._lr_sum, self._lr_steps = 0.0, 0
 
@@ -217,6 +227,13 @@ class GradientFeatureCallback(Callback):
 
     # ----------------------------------------------------------------- write
     def write_snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path) -> None:
+        """Write the snapshot of this epoch to ``path`` whole (temp dir, then ``os.replace``) and list it in the plan.
+
+        Raises:
+            DiskFullError: the disk filled up; the message names ``path`` and the bytes the snapshot takes.
+                The temp dir goes and the plan does not list the snapshot, so the set reads as unfinished
+                until the warmup is rerun.
+        """
         from safetensors.torch import save_file
 
         if self._lr_steps == 0:
@@ -227,34 +244,37 @@ class GradientFeatureCallback(Callback):
         group = optimizer.param_groups[(self._groups or _lora_groups(optimizer, peft_model))[0]]
         moments = _moments(optimizer, peft_model)
         steps = {int(optimizer.state[p]["step"]) if "step" in optimizer.state[p] else -1 for _, p in named}
-        tmp = make_temp_dir(path.parent, f".{path.name}-")
-        try:
-            peft_model.save_pretrained(str(tmp))
-            save_file(moments, str(tmp / MOMENTS_FILE))
-            active = getattr(peft_model, "active_adapter", "default")
-            config = peft_model.peft_config[active if isinstance(active, str) else active[0]]
-            meta = {
-                "format_version": SNAPSHOT_FORMAT_VERSION,
-                "epoch": trainer.current_epoch,
-                "global_step": trainer.global_step,
-                "lr": self._lr_sum / self._lr_steps,
-                "lr_steps": self._lr_steps,
-                "betas": [float(b) for b in group["betas"]],
-                "eps": float(group["eps"]),
-                "weight_decay": float(group.get("weight_decay", 0.0)),
-                "optimizer": type(optimizer).__name__,
-                "step": max(steps),
-                "base_model": config.base_model_name_or_path or None,  # null: a model built in memory
-                "param_names": [n for n, _ in named],
-            }
-            write_json_atomic(tmp / SNAPSHOT_FILE, meta, sort_keys=False)
-            apply_umask(tmp)  # safetensors writes 0600 files; a snapshot is as readable as the user's umask says
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        self._update_plan(written=sorted({*self._plan.get("written", []), path.name}))
+        active = getattr(peft_model, "active_adapter", "default")
+        config = peft_model.peft_config[active if isinstance(active, str) else active[0]]
+        meta = {
+            "format_version": SNAPSHOT_FORMAT_VERSION,
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "lr": self._lr_sum / self._lr_steps,
+            "lr_steps": self._lr_steps,
+            "betas": [float(b) for b in group["betas"]],
+            "eps": float(group["eps"]),
+            "weight_decay": float(group.get("weight_decay", 0.0)),
+            "optimizer": type(optimizer).__name__,
+            "step": max(steps),
+            "base_model": config.base_model_name_or_path or None,  # null: a model built in memory
+            "param_names": [n for n, _ in named],
+        }
+        need = sum(t.nbytes for t in moments.values()) + sum(p.numel() * p.element_size() for _, p in named)
+        with disk_full_as(path, f"the snapshot of epoch {trainer.current_epoch}", "then rerun the warmup with "
+                          "overwrite=True (it replaces the snapshots this run wrote)", need=need):
+            tmp = make_temp_dir(path.parent, f".{path.name}-")
+            try:
+                peft_model.save_pretrained(str(tmp))
+                save_file(moments, str(tmp / MOMENTS_FILE))
+                write_json_atomic(tmp / SNAPSHOT_FILE, meta, sort_keys=False)
+                apply_umask(tmp)  # safetensors writes 0600 files; a snapshot is as readable as the user's umask says
+                if path.exists():
+                    shutil.rmtree(path)
+                os.replace(tmp, path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            self._update_plan(written=sorted({*self._plan.get("written", []), path.name}))
         rank_zero_info(f"snapshot of epoch {trainer.current_epoch} (mean lr {meta['lr']:.3g}) written to {path}")
 
     # ------------------------------------------------------------------ state

@@ -19,9 +19,8 @@ and :class:`~lightning_less.callbacks.store_writer.ShardedStoreWriter` writes th
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -31,7 +30,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_less.callbacks.snapshot import Snapshot, find_peft_model, list_snapshots, load_snapshot
+from lightning_less.callbacks.snapshot import Snapshot, find_peft_model, load_snapshot
 from lightning_less.callbacks.store_writer import ShardedStoreWriter, batch_rows, take_rows
 from lightning_less.errors import IncompatibleError, InputError, MissingInputError
 from lightning_less.gradients.per_example import PerExampleLoRAGradients, adam_transform, flatten_moments
@@ -39,16 +38,9 @@ from lightning_less.gradients.projectors import make_projector
 from lightning_less.models.loading import load_causal_lm
 from lightning_less.stores.datastore import GradientDatastore
 from lightning_less.stores.provenance import DataIdentity, check_batch, snapshot_files_sha256, weights_sample_sha256
+from lightning_less.stores.snapshots import resolve_snapshots
 
 FeatureKind = Literal["adam", "sgd"]
-
-
-def resolve_snapshots(snapshots: str | Sequence[str]) -> list[Path]:
-    """A snapshot root directory (all ``epoch_*`` inside) or an explicit list of snapshot dirs."""
-    if isinstance(snapshots, (str, os.PathLike)):
-        root = Path(snapshots)
-        return [root] if (root / "snapshot.json").exists() else list_snapshots(root)
-    return [Path(s) for s in snapshots]
 
 
 #: Adapter settings that change the LoRA layers' output for given weights (the parameter names check the rest).
@@ -337,8 +329,12 @@ class GradientFeatureModule(pl.LightningModule):
                 if self.feature == "adam":
                     m, v = self._moments[s]
                     grads = adam_transform(grads, m, v, beta1=snap.betas[0], beta2=snap.betas[1], eps=snap.eps)
-                rows[snap.name] = grads
-        if chunked:
+                if self.rows_per_call > 1:  # a projector with a cost per call: rows collected (bounded in bytes)
+                    rows[snap.name] = grads
+                else:  # projected now: one snapshot's [B, P] gradient alive at a time, not all of them and a cat copy
+                    features.update({(snap.name, d): proj.project(grads) for d, proj in self.projectors.items()})
+                del grads
+        if features:
             return {"rows": [(snap, d, index, f.cpu().numpy()) for (snap, d), f in features.items()]}
         return self._buffer(index, rows, last)
 

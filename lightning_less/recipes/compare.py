@@ -41,6 +41,7 @@ from lightning_less.analysis.comparison import (
 )
 from lightning_less.analysis.comparison_plot import plot_comparison
 from lightning_less.data.records import Record, as_paths, files_fingerprint, read_records
+from lightning_less.data.subtasks import check_target_subtasks
 from lightning_less.errors import InputError, MissingInputError
 from lightning_less.recipes.pipeline import TrainSettings, train_and_evaluate
 from lightning_less.recipes.s2l_proxy import ProxySettings
@@ -191,6 +192,7 @@ def run_comparison(
     _check_training(methods, metrics, request, train, eval_files)
     pool = read_records(list(request.pool))
     targets = read_records(list(request.targets)) if request.targets else []
+    check_target_subtasks(targets)  # also when every selection is given: the targets are the same set
     shares.resolve_targets(targets)  # before any compute: the target sources must be known
     budget = request_budget(request, len(pool))
     out = Path(output)

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import lightning.pytorch as pl
 
 from lightning_less.data.records import Record, as_paths, files_fingerprint, read_records
+from lightning_less.data.subtasks import check_target_subtasks
 from lightning_less.errors import InputError, MissingInputError, StaleOutputError
 from lightning_less.recipes.settings import (
     AGGREGATIONS,
@@ -133,12 +134,7 @@ def check_inputs(pool: Sequence[str], targets: Sequence[str], eval_files: Sequen
         raise InputError(f"--features.dims: {features.dims} must be a non-empty list of positive integers")
     if selection.dim is not None:
         _choice("--selection.dim", selection.dim, features.dims)
-    # LESS scores each target subtask on its own; a file mixing records with and without a
-    # subtask would silently group the latter by their source instead.
-    missing = [t for t in target_records if t.subtask is None]
-    if missing and len(missing) < len(target_records):
-        raise InputError(f"{missing[0].path}:{missing[0].line}: this target has no 'subtask' field but other targets "
-                         f"do ({len(missing)} of {len(target_records)} lack one); give every target a subtask")
+    check_target_subtasks(target_records)
     _check_model("--model", model)
     if not skip_training and train.model_name_or_path:
         _check_model("--train.model_name_or_path", train.model_name_or_path)

@@ -38,7 +38,7 @@ import numpy as np
 from lightning_less.data.index import RecordIndex
 from lightning_less.data.records import Record, files_fingerprint, read_raw_lines
 from lightning_less.errors import IncompatibleError, InputError, MissingInputError, StaleOutputError
-from lightning_less.stores.files import make_temp_dir, read_json, remove_temps
+from lightning_less.stores.files import disk_full_as, make_temp_dir, read_json, remove_temps
 from lightning_less.stores.lock import DirectoryLock
 
 FORMAT_VERSION = 1
@@ -216,6 +216,7 @@ def write_selection(
     Raises:
         FileExistsError: when ``out_dir`` already holds selection files and ``overwrite`` is False.
         LockedError: another process is writing ``out_dir`` (the message names it).
+        DiskFullError: the disk filled up (the message names ``out_dir``); nothing of this selection is kept.
         ValueError: on inconsistent inputs (duplicated or out-of-range indices, wrong shapes).
     """
     out_dir = Path(out_dir)
@@ -254,8 +255,10 @@ def write_selection(
         "library_version": _library_version(),
         "params": params or {},
     }
-    # One writer at a time (a second fails at once, naming the first); held until the set is in place.
-    with DirectoryLock(out_dir, "selection"):
+    # One writer at a time (a second fails at once, naming the first); held until the set is in place. A full
+    # disk is named as such; the temporary directory goes, and ``out_dir`` is made only once every file is written.
+    with disk_full_as(out_dir, "the selection", "then select again (nothing of this selection was kept)"), \
+            DirectoryLock(out_dir, "selection"):
         remove_temps(out_dir.parent, f".{out_dir.name}.tmp-")  # left by a writer killed earlier: ours to clear now
         tmp = make_temp_dir(out_dir.parent, f".{out_dir.name}.tmp-")
         try:

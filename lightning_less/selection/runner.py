@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_less.data.records import Record, read_records
+from lightning_less.data.subtasks import check_target_subtasks
 from lightning_less.errors import InputError
 from lightning_less.selection.budget import budget_info
 from lightning_less.selection.outputs import MANIFEST_FILE, StaleSelectionError, write_selection
@@ -82,6 +83,7 @@ def prepare(method: str, request: SelectionRequest, *, later: Sequence[str] = ()
     pool = read_records(list(request.pool)) if pool is None else pool
     if targets is None:
         targets = read_records(list(request.targets)) if request.targets else []
+    check_target_subtasks(targets)
     inputs = Inputs(spec, request, pool, targets, resolve_budget_of(spec, request, len(pool)))
     if not set(later) & set(spec.needs):
         inputs.loaded = spec.load(inputs)

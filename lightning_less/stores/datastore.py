@@ -42,7 +42,7 @@ import numpy as np
 
 from lightning_less.errors import IncompatibleError, InputError
 from lightning_less.stores.files import (DiskFullError, allocate_npy, ensure_allocated, human_bytes, npy_size,
-                                         open_npy, remove_temps, write_json_atomic)
+                                         open_npy, remove_empty_dir, remove_temps, write_json_atomic)
 from lightning_less.stores.lock import DirectoryLock, lock_for_writer
 from lightning_less.stores.manifest import (FORMAT_VERSION, MANIFEST, PROGRESS_KEYS, REBUILD, SCORING_KEYS,
                                             build_manifest, diff, incompatibilities, normalise, read_manifest, without)
@@ -179,6 +179,7 @@ class GradientDatastore:
     @classmethod
     def _create_locked(cls, path: Path, full: dict[str, Any], lock: DirectoryLock) -> GradientDatastore:
         """Build a fresh store at ``path`` (whose lock the caller holds), replacing a store there."""
+        created = not path.exists()  # a directory made here goes too when the creation fails
         if path.exists():
             # Without a manifest, only what a creation killed halfway leaves may be replaced; anything else is not ours.
             foreign = sorted(p.name for p in path.iterdir() if p.name not in (MANIFEST, "features", "done")
@@ -199,6 +200,8 @@ class GradientDatastore:
             write_json_atomic(path / MANIFEST, full)  # last: a manifest implies complete arrays
         except BaseException as err:
             cls._remove(path)  # nothing half-made is left to look like a store
+            if created:
+                remove_empty_dir(path)
             if not isinstance(err, OSError) or err.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             need = sum(npy_size(shape, file_dtype) for _, shape, file_dtype in files)

@@ -21,10 +21,12 @@ import glob
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,8 @@ import numpy as np
 from lightning_less.errors import InputError, LessError
 
 __all__ = ["DiskFullError", "check_npy", "allocate_npy", "ensure_allocated", "npy_size", "open_npy", "read_json",
-           "write_json_atomic", "make_temp_dir", "remove_temps", "apply_umask", "current_umask", "check_safetensors",
-           "human_bytes"]
+           "write_json_atomic", "make_temp_dir", "remove_temps", "remove_empty_dir", "apply_umask", "current_umask",
+           "check_safetensors", "human_bytes", "is_disk_full", "disk_full_error", "disk_full_as", "free_bytes"]
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _ZEROS = 1 << 24  # bytes per write when a file system cannot fallocate
@@ -46,6 +48,65 @@ class DiskFullError(LessError, OSError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.errno = errno.ENOSPC
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` says the disk (or the quota) is full.
+
+    An ``OSError`` carries ``ENOSPC`` / ``EDQUOT``; safetensors' Rust writer raises its own
+    ``SafetensorError`` whose message holds the OS error (``I/O error: No space left on device
+    (os error 28)``, or ``code: 28`` in older versions).
+    """
+    if isinstance(err, OSError):
+        return err.errno in _NO_SPACE
+    if type(err).__name__ != "SafetensorError":
+        return False
+    codes = re.findall(r"(?:os error |code: )(\d+)", str(err))
+    return any(int(code) in _NO_SPACE for code in codes)
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes free to this user on the file system of ``path`` (or of its nearest existing parent), None if unknown."""
+    path = Path(path).absolute()
+    for candidate in (path, *path.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
+
+
+def disk_full_error(path: str | os.PathLike, what: str, fix: str, need: int | None = None,
+                    cause: BaseException | None = None) -> DiskFullError:
+    """The one-paragraph error for a write that found the disk full: what, where, how much, what to do.
+
+    Args:
+        path: the file or directory that could not be written.
+        what: what it is (``"the selection"``, ``"the snapshot of epoch 2"``).
+        fix: what to do once space is free (``"then rerun with overwrite=True"``).
+        need: bytes the whole write takes, when known.
+        cause: the error the write raised (its errno says disk or quota).
+    """
+    free = free_bytes(path)
+    amount = f"it needs {human_bytes(need)} ({need} bytes)" if need is not None else "its size is not known in advance"
+    where = f", {human_bytes(free)} are free there" if free is not None else ""
+    code = cause.errno if isinstance(cause, OSError) and cause.errno in _NO_SPACE else errno.ENOSPC
+    return DiskFullError(f"not enough disk space to write {what} {path} ({os.strerror(code)}): {amount}{where}. "
+                         f"Free space or choose another location, {fix}.")
+
+
+@contextmanager
+def disk_full_as(path: str | os.PathLike, what: str, fix: str, need: int | None = None) -> Iterator[None]:
+    """Turn a full disk inside the block (an ``OSError`` or safetensors error, see :func:`is_disk_full`) into
+    :func:`disk_full_error`; every other error passes unchanged. Arguments as :func:`disk_full_error`."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        raise disk_full_error(path, what, fix, need, err) from None
 
 
 def human_bytes(n: int) -> str:
@@ -283,6 +344,14 @@ def remove_temps(parent: str | os.PathLike, prefix: str, suffix: str = "") -> li
             p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def remove_empty_dir(path: str | os.PathLike) -> None:
+    """Remove ``path`` if it is an empty directory (what a failed writer made and emptied); anything else stays."""
+    try:
+        Path(path).rmdir()
+    except OSError:
+        pass
 
 
 # ----------------------------------------------------------------------- safetensors

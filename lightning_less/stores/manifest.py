@@ -67,6 +67,41 @@ def incompatibilities(mine: Mapping[str, Any], theirs: Mapping[str, Any], keys: 
     return diffs
 
 
+def _short(digest: Any) -> str:
+    return f"{str(digest)[:12]}…" if digest is not None else "<missing>"
+
+
+def snapshot_mismatch(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], a_label: str,
+                      b_label: str) -> IncompatibleError | None:
+    """The refusal of two stores computed from different snapshots (their manifests' ``snapshot_info``), or None.
+
+    The message names the first snapshot file whose sha256 differs, with both digests
+    shortened, and how many others differ; the whole list (full digests) is the error's
+    ``details``, which the command line shows under ``--debug``.
+    """
+    lines = []
+    for i in range(max(len(a), len(b))):
+        sa, sb = (a[i] if i < len(a) else {}), (b[i] if i < len(b) else {})
+        na, nb = sa.get("name", "<none>"), sb.get("name", "<none>")
+        if na != nb:
+            lines.append((f"snapshot {i + 1}", f"is {na} in the first and {nb} in the second", f"{na} != {nb}"))
+            continue
+        ha, hb = sa.get("sha256") or {}, sb.get("sha256") or {}
+        for f in sorted(set(ha) | set(hb)):
+            if ha.get(f) != hb.get(f):
+                lines.append((f"{na}/{f}", f"has sha256 {_short(ha.get(f))} in the first and {_short(hb.get(f))} in "
+                              "the second", f"{ha.get(f, '<missing>')} != {hb.get(f, '<missing>')}"))
+    if not lines:
+        return None
+    (what, how, _), others = lines[0], len(lines) - 1
+    more = f"; {others} other snapshot file{'s' if others != 1 else ''} differ{'s' if others == 1 else ''} too " \
+           "(--debug lists them all)" if others else ""
+    return IncompatibleError(
+        f"{a_label} and {b_label} were computed from different snapshots: {what} {how}{more}. Compute both stores "
+        "from the same warmup's snapshots (the gradient pass with the same snapshots for the pool and the targets)",
+        details="\n".join(f"{what}: {full}" for what, _, full in lines))
+
+
 def without(manifest: Mapping[str, Any], keys: frozenset[str] | set[str]) -> dict[str, Any]:
     """The manifest less ``keys`` (progress keys, a shard entry...)."""
     return {k: v for k, v in manifest.items() if k not in keys}

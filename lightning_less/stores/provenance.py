@@ -34,6 +34,7 @@ from lightning_less.data.datamodule import FILES_KIND, FingerprintedData
 from lightning_less.data.records import file_sha256
 from lightning_less.errors import IncompatibleError, InputError
 from lightning_less.stores.manifest import diff as _diff
+from lightning_less.stores.manifest import snapshot_mismatch
 
 TOKENS_KIND = "token_sha256"
 #: How a ``token_sha256`` fingerprint is computed (recorded beside it).
@@ -263,8 +264,9 @@ def check_same_snapshots(a: Mapping[str, Any], b: Mapping[str, Any], a_label: st
         if not manifest.get("snapshot_info") or not all("sha256" in s for s in manifest["snapshot_info"]):
             raise IncompatibleError(f"{label} records no sha256 of its snapshots' files (it was not written by a "
                                     "gradient pass of this version): compute it again")
-    view = lambda m: [{"name": s.get("name"), "sha256": s["sha256"]} for s in m["snapshot_info"]]  # noqa: E731
-    _pair_diff(view(a), view(b), "were computed from different snapshots", a_label, b_label)
+    refusal = snapshot_mismatch(a["snapshot_info"], b["snapshot_info"], a_label, b_label)
+    if refusal is not None:
+        raise refusal
     weights = lambda m: (m.get("model") or {}).get("weights_sample_sha256")  # noqa: E731
     if weights(a) and weights(b):
         _pair_diff(weights(a), weights(b), "were computed on base models with different weights", a_label, b_label)

@@ -23,13 +23,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from lightning_less.errors import InputError, MissingInputError
 from lightning_less.stores.files import check_safetensors, read_json
 
-__all__ = ["Snapshot", "load_snapshot", "list_snapshots", "planned_snapshots", "snapshot_dirname", "epoch_of",
+__all__ = ["Snapshot", "load_snapshot", "list_snapshots", "resolve_snapshots", "planned_snapshots", "snapshot_dirname", "epoch_of",
            "SNAPSHOT_FORMAT_VERSION", "MOMENTS_FILE", "SNAPSHOT_FILE", "PLAN_FILE", "ADAPTER_FILE", "ADAPTER_CONFIG"]
 
 log = logging.getLogger(__name__)
@@ -136,12 +137,16 @@ def list_snapshots(dirpath: str | os.PathLike) -> list[Path]:
     """The snapshot directories of a finished warmup under ``dirpath``, in epoch order.
 
     Raises:
-        MissingInputError: no snapshots under ``dirpath``.
+        MissingInputError: ``dirpath`` does not exist, or holds no snapshots.
         InputError: an ``epoch_*`` entry without ``snapshot.json``; a warmup that did
             not finish (the snapshots its plan lists but that are missing are named); an
             ``epoch_*`` directory the plan does not list; a damaged ``snapshots.json``.
     """
     root = Path(dirpath)
+    if not root.is_dir():
+        raise MissingInputError(f"{root} {'is not a directory' if root.exists() else 'does not exist'}: give the "
+                                "directory the warmup wrote its snapshots to (GradientFeatureCallback's dirpath), "
+                                "or run the warmup first")
     found = sorted(root.glob("epoch_*"), key=lambda p: (epoch_of(p) is None, epoch_of(p) or 0, p.name))
     for p in found:
         if not (p / SNAPSHOT_FILE).is_file():
@@ -158,6 +163,10 @@ def list_snapshots(dirpath: str | os.PathLike) -> list[Path]:
     plan = read_json(plan_path, REWARM, required=("planned", "written", "complete"))
     expected = plan["written"] if plan["complete"] else plan["planned"]
     missing = [n for n in (expected or []) if n not in present]
+    if missing and plan["complete"]:
+        raise InputError(f"{root} lacks {missing}, which its warmup wrote ({plan_path} lists them; on disk {present}): "
+                         "restore them or rerun the warmup with overwrite=True, or pass the snapshot directories to "
+                         "use explicitly (a list)")
     if missing or expected is None:
         raise InputError(
             f"the warmup that writes {root} did not finish: {missing or 'the snapshots of epochs not yet run'} "
@@ -170,3 +179,15 @@ def list_snapshots(dirpath: str | os.PathLike) -> list[Path]:
                          "the snapshot directories to use explicitly (a list)")
     return [root / n for n in expected]
 
+
+def resolve_snapshots(snapshots: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """A snapshot directory, a snapshot root (its whole set, :func:`list_snapshots`) or an explicit list of snapshot dirs.
+
+    Raises:
+        MissingInputError: the path does not exist, or holds no snapshots.
+        InputError: as :func:`list_snapshots`.
+    """
+    if isinstance(snapshots, (str, os.PathLike)):
+        root = Path(snapshots)
+        return [root] if (root / SNAPSHOT_FILE).exists() else list_snapshots(root)
+    return [Path(s) for s in snapshots]

@@ -57,6 +57,31 @@ def run_script(code: str, tmp_path: Path, name: str = "script.py", timeout: int 
 
 
 @pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(name, size)``: a real file system of ``size`` bytes (a tmpfs) mounted at ``tmp_path / name``.
+
+    The disk fills for real, whatever code writes to it (numpy, csv, safetensors' Rust
+    writer...), which monkeypatching ``os.posix_fallocate`` cannot do. Mounting needs root
+    (CAP_SYS_ADMIN); the test is skipped where it is not allowed. Unmounted afterwards.
+    """
+    mounted: list[Path] = []
+
+    def mount(name: str, size: int) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
 def umask_022():
     """A known umask for the test (process-wide), restored afterwards."""
     old = os.umask(0o022)

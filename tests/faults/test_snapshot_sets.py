@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
 
 import lightning.pytorch as pl
 import pytest
@@ -18,6 +24,9 @@ from lightning_less.callbacks.snapshot import GradientFeatureCallback, list_snap
 from lightning_less.errors import InputError, MissingInputError
 from lightning_less.passes.gradient_features import GradientFeatureModule, resolve_snapshots
 from tests.faults.conftest import truncate, warmup
+from tests.helpers import qa_records, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class StopAtEpoch(pl.Callback):
@@ -40,6 +49,7 @@ def finished(tmp_path_factory):
 
 
 def _copy(finished, tmp_path):
+    write_jsonl(tmp_path / "pool.jsonl", qa_records(4))  # data for the predict command
     return shutil.copytree(finished, tmp_path / "snaps")
 
 
@@ -106,6 +116,9 @@ def test_snapshots_without_a_plan_are_listed_with_a_warning(finished, tmp_path, 
     with caplog.at_level(logging.WARNING):
         assert [p.name for p in list_snapshots(snaps)] == ["epoch_001", "epoch_002"]
     assert "cannot check that the warmup finished" in caplog.text
+    with pytest.raises(MissingInputError, match="empty does not exist"):
+        list_snapshots(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(MissingInputError, match="no snapshots"):
         list_snapshots(tmp_path / "empty")
 
@@ -134,3 +147,85 @@ def test_damaged_snapshot_file_is_named(finished, tmp_path, cell):
     with pytest.raises(error) as err:
         load_snapshot(snaps / "epoch_002")
     assert str(snaps / "epoch_002" / name) in str(err.value) and says in str(err.value), str(err.value)
+
+
+# ---------------------------------------------------------------- the predict command on a bad snapshot set
+FAULTS = {
+    "snapshot.json missing": (lambda s: (s / "epoch_002" / "snapshot.json").unlink(),
+                              r"epoch_002 is not a snapshot \(snapshot.json is missing\): remove it, or rerun"),
+    "a whole epoch missing": (lambda s: shutil.rmtree(s / "epoch_001"),
+                              r"lacks \['epoch_001'\], which its warmup wrote .*restore them or rerun the warmup"),
+    "no such path": (lambda s: shutil.rmtree(s), r"snaps does not exist: give the directory the warmup wrote"),
+}
+
+
+def _predict_args(snaps, tmp_path):
+    return ["predict", "--config", str(ROOT / "configs/tiny/gradients_pool.yaml"), "--model.init_args.snapshots",
+            str(snaps), "--model.init_args.output_dir", str(tmp_path / "store"), "--data.init_args.predict_files",
+            json.dumps([str(tmp_path / "pool.jsonl")])]
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_predict_on_a_bad_snapshot_set_is_one_paragraph_naming_it(finished, tmp_path, fault, capsys, monkeypatch):
+    """Not jsonargparse's hundred lines ("Does not validate against any of the Union subtypes ...")."""
+    from lightning_less.cli import main
+
+    damage, says = FAULTS[fault]
+    snaps = _copy(finished, tmp_path)
+    damage(snaps)
+    monkeypatch.delenv("LIGHTNING_LESS_DEBUG", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exit_:
+        main(_predict_args(snaps, tmp_path))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    paragraph = err[err.index("error:"):].strip()  # the last thing written, after Lightning's own lines
+    text = " ".join(paragraph.split())
+    assert re.search(says, text) and str(snaps) in text, err
+    assert "\n\n" not in paragraph and len(paragraph.splitlines()) <= 4, err
+    assert "Union" not in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists()
+
+
+def test_predict_from_the_yaml_config_in_a_subprocess(finished, tmp_path):
+    """The real command line: exit status 2, the path and what to do on stderr, no traceback."""
+    snaps = _copy(finished, tmp_path)
+    (snaps / "epoch_002" / "snapshot.json").unlink()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
+    env.pop("LIGHTNING_LESS_DEBUG", None)
+    done = subprocess.run([sys.executable, "-m", "lightning_less.cli", *_predict_args(snaps, tmp_path)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr
+    text = " ".join(done.stderr.split())
+    assert f"error: {snaps / 'epoch_002'} is not a snapshot (snapshot.json is missing): remove it" in text, done.stderr
+    assert "Traceback" not in done.stderr and "Union" not in done.stderr and done.stdout == ""
+
+
+class Picky:
+    """A class whose ``__init__`` refuses its input, as GradientFeatureModule does."""
+
+    def __init__(self, path: str = "x") -> None:
+        raise InputError(f"{path} is bad: fix it")
+
+
+def test_only_errors_jsonargparse_wrapped_are_unwrapped():
+    """A class's InputError inside jsonargparse's Union error is the error; a bug whose context is one is not."""
+    import jsonargparse
+
+    from lightning_less.cli import expected_error
+
+    parser = jsonargparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("--thing", type=Optional[Picky])
+    cfg = parser.parse_args(["--thing", json.dumps({"class_path": f"{__name__}.Picky", "init_args": {"path": "p"}})])
+    with pytest.raises(ValueError, match="Union") as wrapped:
+        parser.instantiate_classes(cfg)
+    found = expected_error(wrapped.value)
+    assert isinstance(found, InputError) and str(found) == "p is bad: fix it"
+    try:
+        try:
+            raise InputError("handled")
+        except InputError:
+            raise RuntimeError("a bug while handling it")  # noqa: B904
+    except RuntimeError as bug:
+        assert expected_error(bug) is None
+    assert expected_error(MissingInputError("direct")) is not None

@@ -82,6 +82,31 @@ def test_stores_of_two_warmups_are_refused_even_with_the_same_snapshot_names(war
     assert not (tmp_path / "sel").exists()
 
 
+def test_the_command_line_says_it_in_one_paragraph_and_lists_every_file_under_debug(warm_run, stores, tmp_path,
+                                                                                      capsys, monkeypatch):
+    from lightning_less.cli import main
+
+    monkeypatch.delenv("LIGHTNING_LESS_DEBUG", raising=False)
+    monkeypatch.setenv("COLUMNS", "100")
+    args = ["select", "--method", "less", "--pool", warm_run["pool"], "--targets", warm_run["targets"], "--count", "4",
+            "--pool_store", str(stores["pool_store"]), "--target_store", str(stores["target_store_b"]),
+            "--output", str(tmp_path / "sel")]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    text = " ".join(err[err.index("error:"):].split())
+    assert "were computed from different snapshots: epoch_000/adapter_model.safetensors has sha256" in text, err
+    assert "other snapshot files differ too (--debug lists them all)" in text
+    assert len(err[err.index("error:"):].splitlines()) <= 8  # was about 60 lines of sha256s
+    with pytest.raises(IncompatibleError) as raised:
+        main([*args, "--debug"])
+    err = capsys.readouterr().err
+    every = raised.value.details.splitlines()
+    assert len(every) >= 4 and all(line in err for line in every)  # the full list, full digests, before the traceback
+    assert not (tmp_path / "sel").exists()
+
+
 def test_stores_tokenized_differently_are_refused(warm_run, stores, tmp_path):
     short = _store(warm_run, warm_run["snapshots"], warm_run["targets"], tmp_path / "short", "sgd", max_length=512)
     with pytest.raises(IncompatibleError, match="were tokenized differently: max_length: 2048 != 512"):
