@@ -206,10 +206,14 @@ class ShardedStoreWriter(BasePredictionWriter):
         module.done = {name: store.done_mask(name) for name in names}
         for done in module.done.values():
             done[excluded] = True
-        left = int(sum((~done).sum() for done in module.done.values()))
-        shown = f", {excluded.size} without a response token written as zeros" if excluded.size else ""
-        rank_zero_info(f"{self.what}: {n - excluded.size} examples x {len(names)} x dims {dims} -> {out}{shown}"
-                       + (f" ({left} rows left)" if trainer.world_size == 1 else ""))
+        # This rank's own share: the predict sampler deals dataset positions rank, rank + world, ...; a dataset
+        # that leaves the excluded rows out holds the other rows in order.
+        rows = np.arange(n) if len(predict_loader(trainer).dataset) == n else np.setdiff1d(np.arange(n), excluded)
+        share = rows[trainer.global_rank :: trainer.world_size]
+        left = int(sum((~done[share]).sum() for done in module.done.values()))
+        shown = f" ({excluded.size} without a response token: zeros)" if excluded.size else ""
+        rank_zero_info(f"{self.what}: {n - excluded.size} examples{shown} x {len(names)} x dims {dims} -> {out} "
+                       f"({left} rows to compute on rank {trainer.global_rank})")
 
     def _check_batch(self, trainer: pl.Trainer, batch: dict) -> None:
         """Refuse a batch whose rows the data identity does not account for, before anything is written."""
