@@ -215,6 +215,17 @@ def test_rows_without_a_response_token_on_every_rank_give_the_one_process_store(
         want = np.asarray(single.features(snap, DIM))
         assert not want[[NO_RESPONSE, NO_RESPONSE + 1]].any() and np.abs(want).sum(axis=1)[:NO_RESPONSE].all()
         np.testing.assert_allclose(np.asarray(merged.features(snap, DIM)), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    # Selecting from it: the two rows are never selected (they used to refuse the whole pool).
+    targets_data = make_examples(["reverse"] * 3, 4, 99)
+    targets = _loop(own["snapshots"], tmp_path / "targets", own["module"], feature="sgd").run(own_loader(targets_data))
+    kw = {"target_data": own_loader(targets_data), "target_subtasks": ["reverse"] * 3,
+          "pool_data": own_loader(excluded_on_both_ranks())}
+    n = merged.n_examples
+    result = select_from_stores(merged, targets, n - 2, **kw)
+    assert sorted(result.selected.tolist()) == [i for i in range(n) if i not in (NO_RESPONSE, NO_RESPONSE + 1)]
+    assert np.isnan(result.scores[[NO_RESPONSE, NO_RESPONSE + 1]]).all()
+    with pytest.raises(InputError, match=f"k={n - 1} exceeds the {n - 2} rows"):
+        select_from_stores(merged, targets, n - 1, **kw)
 
 
 def test_changed_data_is_refused_on_resume_at_selection_and_during_the_pass(own, tmp_path):
