@@ -21,7 +21,7 @@ pass (:mod:`lightning_less.passes.loss_trajectories`), which differ only in what
 * rows without an example (no response token: the data's ``excluded_indices``) are
   written as zeros (by rank 0, in its shard), marked done on every rank (so no rank
   computes them, wherever the sampler deals them), and listed in the manifest as
-  ``excluded_indices``.
+  ``excluded_indices`` (and ``excluded_ids`` when the data names them).
 
 The LightningModule is a :class:`StorePass`: it provides ``output_dir``, ``overwrite`` and
 ``store_spec(data)`` returning ``(manifest, names, dims, dtype)`` (the writer adds ``data``
@@ -53,7 +53,7 @@ from lightning_less.stores.datastore import GradientDatastore
 from lightning_less.stores.provenance import DataIdentity, example_digests, fingerprinted_identity, token_identity
 
 #: Manifest keys the writer sets from the data (a pass's ``store_spec`` leaves them out).
-DATA_KEYS = ("data", "excluded_indices")
+DATA_KEYS = ("data", "excluded_indices", "excluded_ids")
 
 
 def predict_loader(trainer: pl.Trainer) -> Any:
@@ -79,6 +79,16 @@ def describe_predict_data(trainer: pl.Trainer) -> DataIdentity:
         raise InputError(f"the predict data is a {type(loader).__name__}: give a torch DataLoader, or a dataset / "
                          "datamodule with data_fingerprint() (lightning_less.data.datamodule.FingerprintedData)")
     return token_identity(loader)
+
+
+def excluded_ids(trainer: pl.Trainer) -> list[str] | None:
+    """The ids of the predict data's excluded rows, when the data names them (``excluded_ids``, as
+    ``InstructionDataModule`` does); ``None`` for data known by its token ids only."""
+    for source in (trainer.datamodule, getattr(predict_loader(trainer), "dataset", None)):
+        if isinstance(source, FingerprintedData):
+            ids = getattr(source, "excluded_ids", None)
+            return None if ids is None else [str(i) for i in ids]
+    return None
 
 
 def batch_rows(trainer: pl.Trainer, batch: dict) -> np.ndarray:
@@ -163,6 +173,9 @@ class ShardedStoreWriter(BasePredictionWriter):
         if clash:
             raise ValueError(f"{type(module).__name__}.store_spec sets {clash}: the writer records the data itself")
         manifest = {**manifest, "data": data.fingerprint, "excluded_indices": data.excluded_indices}
+        ids = excluded_ids(trainer)
+        if ids is not None:  # named as well as counted (the indices are rows, the ids the user's records)
+            manifest["excluded_ids"] = ids
         return data, (manifest, names, dims, dtype)
 
     @staticmethod

@@ -72,6 +72,8 @@ def test_pipeline_on_two_devices_runs_each_step_once_and_equals_one_process(tmp_
     selected = [json.loads(line)["id"] for line in (tmp_path / "ddp" / "selection" / "selected.jsonl").read_text().splitlines()]
     assert len(selected) == 10 and "long" not in selected
     assert result["train"]["n_train"] == 10
+    manifest = json.loads((tmp_path / "ddp" / "features" / "pool" / "manifest.json").read_text())
+    assert manifest["excluded_indices"] == [25] and manifest["excluded_ids"] == ["long"]  # counted and named
 
     # One process on the same warmup (two devices train differently): the same stores and selection, byte for byte.
     (tmp_path / "one").mkdir()
