@@ -246,8 +246,14 @@ def run_command(name: str, args: list[str]) -> Any:
 
 # ---------------------------------------------------------------------- output
 def print_result(result: Any) -> None:
-    """Print a command's result on stdout once: rich for ``__rich__`` objects, JSON for dicts and lists."""
-    if result is None:
+    """Print a command's result on stdout once: rich for ``__rich__`` objects, JSON for dicts and lists.
+
+    Under DDP (a command whose Trainer runs on several devices, started again by Lightning on
+    every rank) only global rank 0 prints it.
+    """
+    from lightning_less.distributed import global_rank
+
+    if result is None or global_rank() != 0:
         return
     if hasattr(result, "__rich__") or hasattr(result, "__rich_console__"):
         from rich.console import Console

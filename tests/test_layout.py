@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "version": 0,
     "errors": 0,
     "console": 0,
+    "distributed": 0,  # ranks agreeing on a failure, work done once on rank 0
     "models": 0,
     "gradients": 0,
     "data": 1,

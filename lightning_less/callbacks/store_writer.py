@@ -13,11 +13,15 @@ pass (:mod:`lightning_less.passes.loss_trajectories`), which differ only in what
   Lightning's samplers report as the batch's indices (:func:`batch_rows`), under DDP too;
 * one process writes the store itself (a compatible unfinished store is resumed);
 * under DDP each rank writes its own shard ``<store>.shards/rank_<r>_of_<w>`` (the
-  predict sampler gives disjoint shards), and rank 0 merges them when predict ends; an
-  earlier merged store is checked on rank 0 and the verdict broadcast, so a refusal
-  raises on every rank instead of leaving the others waiting;
+  predict sampler gives disjoint shards), and rank 0 merges them when predict ends; what
+  only rank 0 does (identifying the data, checking an earlier merged store, the merge)
+  and what may fail on one rank (opening its shard) is wrapped in
+  :mod:`lightning_less.distributed`, so a refusal raises the same error on every rank
+  instead of leaving the others waiting at the next collective;
 * rows without an example (no response token: the data's ``excluded_indices``) are
-  written as zeros, marked done, and listed in the manifest as ``excluded_indices``.
+  written as zeros (by rank 0, in its shard), marked done on every rank (so no rank
+  computes them, wherever the sampler deals them), and listed in the manifest as
+  ``excluded_indices`` (and ``excluded_ids`` when the data names them).
 
 The LightningModule is a :class:`StorePass`: it provides ``output_dir``, ``overwrite`` and
 ``store_spec(data)`` returning ``(manifest, names, dims, dtype)`` (the writer adds ``data``
@@ -43,12 +47,13 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_less.data.datamodule import FingerprintedData
-from lightning_less.errors import IncompatibleError, InputError, LessError
+from lightning_less.distributed import on_rank_zero, shared_failure
+from lightning_less.errors import IncompatibleError, InputError
 from lightning_less.stores.datastore import GradientDatastore
 from lightning_less.stores.provenance import DataIdentity, example_digests, fingerprinted_identity, token_identity
 
 #: Manifest keys the writer sets from the data (a pass's ``store_spec`` leaves them out).
-DATA_KEYS = ("data", "excluded_indices")
+DATA_KEYS = ("data", "excluded_indices", "excluded_ids")
 
 
 def predict_loader(trainer: pl.Trainer) -> Any:
@@ -74,6 +79,16 @@ def describe_predict_data(trainer: pl.Trainer) -> DataIdentity:
         raise InputError(f"the predict data is a {type(loader).__name__}: give a torch DataLoader, or a dataset / "
                          "datamodule with data_fingerprint() (lightning_less.data.datamodule.FingerprintedData)")
     return token_identity(loader)
+
+
+def excluded_ids(trainer: pl.Trainer) -> list[str] | None:
+    """The ids of the predict data's excluded rows, when the data names them (``excluded_ids``, as
+    ``InstructionDataModule`` does); ``None`` for data known by its token ids only."""
+    for source in (trainer.datamodule, getattr(predict_loader(trainer), "dataset", None)):
+        if isinstance(source, FingerprintedData):
+            ids = getattr(source, "excluded_ids", None)
+            return None if ids is None else [str(i) for i in ids]
+    return None
 
 
 def batch_rows(trainer: pl.Trainer, batch: dict) -> np.ndarray:
@@ -149,6 +164,7 @@ class ShardedStoreWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.what = what
         self.data: DataIdentity | None = None
+        self.finished = False  # the store was complete before the pass: nothing to write or merge
 
     def _spec(self, trainer: pl.Trainer, module: StorePass) -> tuple[DataIdentity, tuple]:
         data = describe_predict_data(trainer)
@@ -157,53 +173,59 @@ class ShardedStoreWriter(BasePredictionWriter):
         if clash:
             raise ValueError(f"{type(module).__name__}.store_spec sets {clash}: the writer records the data itself")
         manifest = {**manifest, "data": data.fingerprint, "excluded_indices": data.excluded_indices}
+        ids = excluded_ids(trainer)
+        if ids is not None:  # named as well as counted (the indices are rows, the ids the user's records)
+            manifest["excluded_ids"] = ids
         return data, (manifest, names, dims, dtype)
+
+    @staticmethod
+    def _merged_is_complete(out: Path, spec: tuple, n: int, overwrite: bool) -> bool:
+        """An earlier merged store at ``out``: refused when built differently, reused only when complete."""
+        if not (out / "manifest.json").exists():
+            return False
+        manifest, names, dims, dtype = spec
+        return GradientDatastore.create(out, manifest, names, dims, n, dtype=dtype, overwrite=overwrite).is_complete()
 
     @override
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module = as_store_pass(pl_module)
         # Rank 0 identifies the data and builds the manifest (it may read the data once and hash
-        # large files); every rank writes the same one.
-        self.data, spec = trainer.strategy.broadcast(self._spec(trainer, module) if trainer.is_global_zero else None, src=0)
+        # large files); every rank writes the same one. A refusal there is raised on every rank.
+        self.data, spec = on_rank_zero(self._spec, trainer, module)
         manifest, names, dims, dtype = spec
         n = self.data.n_examples
         out = Path(module.output_dir)
-        module.skip = False
-        if trainer.world_size > 1:
-            verdict: tuple[bool, str | None] = (False, None)
-            if trainer.is_global_zero and (out / "manifest.json").exists():
-                try:  # an earlier merged store: refused when built differently, reused only when complete
-                    verdict = (GradientDatastore.create(out, manifest, names, dims, n, dtype=dtype,
-                                                        overwrite=module.overwrite).is_complete(), None)
-                except (ValueError, FileExistsError, LessError) as err:
-                    verdict = (False, str(err))
-            skip, error = trainer.strategy.broadcast(verdict, src=0)
-            if error:
-                raise ValueError(error)
-            if skip:
-                module.skip = True
-                rank_zero_info(f"{self.what} {out} is already complete: nothing to do")
-                return
+        module.skip = self.finished = False
+        if trainer.world_size > 1 and on_rank_zero(self._merged_is_complete, out, spec, n, module.overwrite):
+            module.skip = self.finished = True
+            rank_zero_info(f"{self.what} {out} is already complete: nothing to do")
+            return
         path = out if trainer.world_size == 1 else shard_dir(out, trainer.global_rank, trainer.world_size)
-        store = GradientDatastore.create(path, manifest, names, dims, n, dtype=dtype, overwrite=module.overwrite)
+        with shared_failure():  # a shard refused on one rank (locked, built differently) stops every rank
+            store = GradientDatastore.create(path, manifest, names, dims, n, dtype=dtype, overwrite=module.overwrite)
         module.store = store
-        if store.is_complete():
-            module.skip = True
+        if store.is_complete():  # one process: the store itself (shards are never finalized)
+            module.skip = self.finished = True
             rank_zero_info(f"{self.what} {out} is already complete: nothing to do")
             return
         excluded = np.asarray(self.data.excluded_indices, dtype=np.int64)
-        if trainer.is_global_zero and excluded.size:
+        if trainer.is_global_zero and excluded.size:  # one shard holds their zeros: the merge counts each row once
             for name in names:
                 if not store.done_mask(name)[excluded].all():
                     for dim in dims:
                         store.write(name, dim, excluded, np.zeros((excluded.size, dim), dtype=np.float32))
                     store.mark_done(name, excluded)
+        # Every rank knows the excluded rows as done, so none computes them wherever the sampler deals them.
         module.done = {name: store.done_mask(name) for name in names}
-        # This rank's own share (the predict sampler deals rank, rank + world, ...); rank 0 marked the excluded rows.
-        share = len(range(trainer.global_rank, n - excluded.size, trainer.world_size))
-        excluded_here = excluded.size if trainer.is_global_zero else 0
-        left = int(sum(share - (int(d.sum()) - excluded_here) for d in module.done.values()))
-        rank_zero_info(f"{self.what}: {n - excluded.size} examples x {len(names)} x dims {dims} -> {out} "
+        for done in module.done.values():
+            done[excluded] = True
+        # This rank's own share: the predict sampler deals dataset positions rank, rank + world, ...; a dataset
+        # that leaves the excluded rows out holds the other rows in order.
+        rows = np.arange(n) if len(predict_loader(trainer).dataset) == n else np.setdiff1d(np.arange(n), excluded)
+        share = rows[trainer.global_rank :: trainer.world_size]
+        left = int(sum((~done[share]).sum() for done in module.done.values()))
+        shown = f" ({excluded.size} without a response token: zeros)" if excluded.size else ""
+        rank_zero_info(f"{self.what}: {n - excluded.size} examples{shown} x {len(names)} x dims {dims} -> {out} "
                        f"({left} rows to compute on rank {trainer.global_rank})")
 
     def _check_batch(self, trainer: pl.Trainer, batch: dict) -> None:
@@ -245,9 +267,8 @@ class ShardedStoreWriter(BasePredictionWriter):
 
     @override
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.strategy.barrier()
         module = cast(StorePass, pl_module)  # checked in on_predict_start
-        if module.skip:
+        if self.finished:  # decided alike on every rank
             return
         out = Path(module.output_dir)
         if trainer.world_size == 1:
@@ -255,11 +276,12 @@ class ShardedStoreWriter(BasePredictionWriter):
             module.store.finalize()
             rank_zero_info(f"{self.what} complete: {out}")
             return
-        if trainer.is_global_zero:
-            shards = [shard_dir(out, r, trainer.world_size) for r in range(trainer.world_size)]
-            if (out / "manifest.json").exists():
-                GradientDatastore._remove(out)
-            GradientDatastore.merge_shards(shards, out)
-            shutil.rmtree(Path(f"{out}.shards"))
-            rank_zero_info(f"{self.what} merged from {len(shards)} shards: {out}")
-        trainer.strategy.barrier()
+        trainer.strategy.barrier()  # every shard is written
+        with shared_failure():  # a failed merge raises on every rank instead of leaving the others at a barrier
+            if trainer.is_global_zero:
+                shards = [shard_dir(out, r, trainer.world_size) for r in range(trainer.world_size)]
+                if (out / "manifest.json").exists():
+                    GradientDatastore._remove(out)
+                GradientDatastore.merge_shards(shards, out)
+                shutil.rmtree(Path(f"{out}.shards"))
+                rank_zero_info(f"{self.what} merged from {len(shards)} shards: {out}")

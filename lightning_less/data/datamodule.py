@@ -229,6 +229,11 @@ class InstructionDataset(Dataset):
         """Records with no response token after truncation (``dropped``): no example, but a row."""
         return self.dropped_indices.tolist()
 
+    @property
+    def excluded_ids(self) -> list[str]:
+        """The ids of those records (a store's manifest names them beside their indices)."""
+        return [r.id for r in self.dropped]
+
     def __getitem__(self, i: int) -> dict:
         ex = self.encode(self.records[int(self.example_indices[i])])
         item = {"input_ids": ex.input_ids, "labels": ex.labels, "index": ex.record.index}
@@ -323,6 +328,11 @@ class InstructionDataModule(pl.LightningDataModule):
     def excluded_indices(self) -> list[int]:
         """The predict dataset's records without a response token."""
         return self._dataset("predict").excluded_indices
+
+    @property
+    def excluded_ids(self) -> list[str]:
+        """Their ids."""
+        return self._dataset("predict").excluded_ids
 
     def _dataset(self, split: str) -> InstructionDataset:
         if split in self.datasets:

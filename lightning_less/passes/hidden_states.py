@@ -151,11 +151,13 @@ def compute_hidden_states(
     template: str = "tulu",
     trainer_kwargs: dict[str, Any] | None = None,
     overwrite: bool = False,
+    allow_excluded: bool = False,
 ) -> np.ndarray:
     """Run the hidden-state pass of ``model_name_or_path`` over ``files`` into ``output_dir``; return [n, hidden].
 
     Examples without a response token after truncation (the dataset's ``dropped``) are
-    refused: they could be neither scored nor silently left out of a selection.
+    refused, unless ``allow_excluded``: their rows are then zeros, for a caller that leaves
+    them out itself (the selection runner never selects them).
     """
     from lightning_less.data.datamodule import InstructionDataModule
 
@@ -168,7 +170,7 @@ def compute_hidden_states(
     pl.Trainer(**kwargs).predict(module, datamodule=data, return_predictions=False)
     store = GradientDatastore.open(output_dir)
     excluded = store.manifest.get("excluded_indices", [])
-    if excluded:
+    if excluded and not allow_excluded:
         raise ValueError(f"{len(excluded)} examples of {list(files)} have no response token after truncation "
                          f"(e.g. indices {excluded[:5]}): raise max_length")
     return np.asarray(store.features(ARRAY_NAME, store.dims[0]), dtype=np.float32)

@@ -6,10 +6,17 @@ warmup (LoRA on a seeded fraction of the pool, one snapshot per epoch)
 Optionally, before: the target set built from a benchmark's few-shot examples (``target_set``);
 after: the trained adapter on benchmarks through lm-evaluation-harness (``eval_tasks``).
 
-Every input is checked before the first step starts (files, budget, model, settings), so a
-mistake fails in seconds rather than after the warmup. Each step writes into its own
-directory under ``output`` and is skipped when it finished with the same settings (see
-:mod:`lightning_less.recipes.steps`).
+Every input is checked before the first step starts (files, budget, model, settings, and
+which examples keep no response token at ``max_length``), so a mistake fails in seconds
+rather than after the warmup. Each step writes into its own directory under ``output`` and
+is skipped when it finished with the same settings (see :mod:`lightning_less.recipes.steps`).
+
+Under DDP (``trainer={"devices": 2, "strategy": "ddp", ...}``) Lightning starts the other
+ranks at the first ``Trainer`` call by running the same command again; each rank goes
+through the same steps: the warmup, the gradient passes and the training run on every rank,
+while the step markers, the selection and the summary are written once, by rank 0
+(:func:`~lightning_less.distributed.on_rank_zero`), and the other ranks return before the
+lm-eval benchmarks, which rank 0 runs alone. Only rank 0 logs the steps.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import lightning.pytorch as pl
 
 from lightning_less.data.records import Record, as_paths, files_fingerprint, read_records
 from lightning_less.data.subtasks import check_target_subtasks
+from lightning_less.distributed import global_rank, on_rank_zero
 from lightning_less.errors import InputError, MissingInputError, StaleOutputError
 from lightning_less.recipes.settings import (
     AGGREGATIONS,
@@ -44,6 +52,7 @@ from lightning_less.recipes.steps import (
     fingerprint,
     make_trainer,
     mark_done,
+    say,
     step_done,
     step_result,
     write_timings,
@@ -57,6 +66,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
 DEFAULT_FRACTION = 0.05  # LESS's budget when neither fraction nor count is given
 
 
@@ -101,15 +111,28 @@ def _choice(flag: str, value: Any, choices: Sequence[Any]) -> None:
 
 def check_inputs(pool: Sequence[str], targets: Sequence[str], eval_files: Sequence[str] | None, model: str,
                  max_length: int, warmup: WarmupSettings, features: FeatureSettings, selection: SelectionSettings,
-                 train: TrainSettings, skip_training: bool) -> int:
-    """Check everything a later step would trip over; return the budget ``k``.
+                 train: TrainSettings, skip_training: bool) -> tuple[int, dict[str, Any]]:
+    """Check everything a later step would trip over; return the budget ``k`` and what the selection leaves out.
+
+    The pool and the targets are tokenized once with ``model``'s tokenizer at ``max_length``:
+    pool examples left without a response token are counted and named (the second value,
+    :func:`~lightning_less.selection.runner.excluded_record`; they are never selected),
+    targets without one are refused.
 
     Raises:
         MissingInputError: a data file does not exist.
-        InputError: a malformed record, a budget that does not fit the pool, an unusable
-            model or setting, targets that mix records with and without ``subtask``.
+        InputError: a malformed record, a budget that does not fit the pool (or the pool
+            examples left with a response token), an unusable model or setting, targets
+            that mix records with and without ``subtask``, targets without a response token.
     """
     from lightning_less.selection.budget import resolve_budget
+    from lightning_less.selection.runner import (
+        EXCLUDED_WHY,
+        check_targets_have_responses,
+        describe_excluded,
+        excluded_record,
+        records_without_response,
+    )
 
     pool_records = _read_files("--pool", pool)
     target_records = _read_files("--targets", targets)
@@ -138,7 +161,18 @@ def check_inputs(pool: Sequence[str], targets: Sequence[str], eval_files: Sequen
     _check_model("--model", model)
     if not skip_training and train.model_name_or_path:
         _check_model("--train.model_name_or_path", train.model_name_or_path)
-    return k
+    # What the warmup, the gradient pass and the selection will leave out, known now rather than after the warmup.
+    excluded = records_without_response(pool_records, model, max_length)
+    check_targets_have_responses(target_records, model, max_length)
+    left = len(pool_records) - excluded.size
+    if excluded.size:
+        say(f"{describe_excluded(pool_records, excluded)} of the {len(pool_records)} pool examples keep no response "
+            f"token at --max_length {max_length}: they carry no training signal and are never selected")
+    if k > left:
+        raise InputError(f"--selection.fraction / --selection.count: the budget ({k}) exceeds the {left} pool examples "
+                         f"left with a response token at --max_length {max_length} "
+                         f"({describe_excluded(pool_records, excluded)} have none); lower the budget or raise --max_length")
+    return k, excluded_record(pool_records, excluded, EXCLUDED_WHY)
 
 
 def _targets(targets: list[str] | str | None, target_set: TargetSetSettings, output: Path) -> list[str]:
@@ -149,8 +183,8 @@ def _targets(targets: list[str] | str | None, target_set: TargetSetSettings, out
     if target_set.benchmark:
         from lightning_less.recipes.targets import build_target_set
 
-        log.info(f"[0/5] the {target_set.benchmark} target set from {target_set.data} -> {output}")
-        return [build_target_set(target_set, output)]
+        say(f"[0/5] the {target_set.benchmark} target set from {target_set.data} -> {output}")
+        return [on_rank_zero(build_target_set, target_set, output)]
     if not targets:
         raise InputError("no targets: give --targets (jsonl files) or --target_set.benchmark with --target_set.data")
     return as_paths(targets)
@@ -183,9 +217,9 @@ def run_warmup(pool: Sequence[str], output: Path, model: str, settings: WarmupSe
     config = {"pool": files_fingerprint(pool), "model": model, "max_length": max_length, "seed": seed, **asdict(settings)}
     snapshots = output / "snapshots"
     if step_done(output, config, overwrite):
-        log.info(f"[skip] warmup: {snapshots} is complete")
+        say(f"[skip] warmup: {snapshots} is complete")
         return snapshots
-    log.info(f"[1/4] warmup: LoRA on {settings.fraction:.0%} of the pool for {settings.epochs} epochs -> {snapshots}")
+    say(f"[1/4] warmup: LoRA on {settings.fraction:.0%} of the pool for {settings.epochs} epochs -> {snapshots}")
     pl.seed_everything(seed, verbose=False)
     module = LoRAInstructionTuningModule(
         model_name_or_path=model, lora_r=settings.lora_r, lora_alpha=settings.lora_alpha,
@@ -226,9 +260,9 @@ def run_features(files: Sequence[str], snapshots: Path, output: Path, feature: s
               **{k: v for k, v in asdict(settings).items() if k != "batch_size"}}
     if marker.exists() and not overwrite and json.loads(marker.read_text()).get("fingerprint") == fingerprint(config) \
             and (output / "manifest.json").exists() and GradientDatastore.open(output).is_complete():
-        log.info(f"[skip] {feature} gradient features: {output} is complete")
+        say(f"[skip] {feature} gradient features: {output} is complete")
         return GradientDatastore.open(output)
-    log.info(f"[2/4] {feature} gradient features of {', '.join(map(str, files))} -> {output}")
+    say(f"[2/4] {feature} gradient features of {', '.join(map(str, files))} -> {output}")
     data = InstructionDataModule(predict_files=list(files), tokenizer_name_or_path=model, max_length=max_length,
                                  eval_batch_size=settings.batch_size)
     loop = GradientDumpLoop(
@@ -237,7 +271,8 @@ def run_features(files: Sequence[str], snapshots: Path, output: Path, feature: s
         store_dtype=settings.store_dtype, overwrite=overwrite, trainer_kwargs=trainer_kwargs,
     )
     store = loop.run(data)
-    marker.write_text(json.dumps({"fingerprint": fingerprint(config), "settings": config}, indent=2, default=str))
+    on_rank_zero(marker.write_text, json.dumps({"fingerprint": fingerprint(config), "settings": config}, indent=2,
+                                               default=str))
     return store
 
 
@@ -288,14 +323,16 @@ def run_pipeline(
     Returns:
         The paths of every step's output (``snapshots``, ``pool_store``, ``target_store``,
         ``selection``) and, unless ``skip_training``, ``train``: the training's
-        ``n_train``, ``target_loss`` and ``target_exact_match``; with ``target_set``, ``targets``
+        ``n_train``, ``target_loss`` and ``target_exact_match``; ``excluded``: the pool examples left without a
+        response token at ``max_length`` (``count``, the first ``ids`` and ``indices``), never selected; with
+        ``target_set``, ``targets``
         (the built file); with ``eval_tasks.tasks``, ``eval_tasks``: ``results`` (lm-eval's JSON) and ``metrics``.
     """
     out = Path(output)
     targets = _targets(targets, target_set, out / "targets")
     _check_eval_tasks(eval_tasks, skip_training)
     pool, eval = as_paths(pool), as_paths(eval) or None
-    k = check_inputs(pool, targets, eval, model, max_length, warmup, features, selection, train, skip_training)
+    k, excluded = check_inputs(pool, targets, eval, model, max_length, warmup, features, selection, train, skip_training)
     out.mkdir(parents=True, exist_ok=True)
     laps, start = {}, [time.perf_counter()]
 
@@ -311,19 +348,22 @@ def run_pipeline(
     lap("features_targets")
     from lightning_less.selection.runner import run_selection
 
-    log.info(f"[3/4] LESS scores and the top {k} of the pool")
-    selection_dir = run_selection("less", pool, targets, out / "selection", fraction=selection.fraction,
-                                  count=selection.count, seed=seed, pool_store=pool_store.path,
-                                  target_store=target_store.path, dim=selection.dim,
-                                  aggregation=selection.aggregation, overwrite=overwrite)
+    say(f"[3/4] LESS scores and the top {k} of the pool")
+    selection_dir = on_rank_zero(run_selection, "less", pool, targets, out / "selection", fraction=selection.fraction,
+                                 count=selection.count, seed=seed, pool_store=pool_store.path,
+                                 target_store=target_store.path, dim=selection.dim,
+                                 aggregation=selection.aggregation, overwrite=overwrite)
     lap("selection")
     result: dict[str, Any] = {"snapshots": str(snapshots), "pool_store": str(pool_store.path),
-                              "target_store": str(target_store.path), "selection": str(selection_dir)}
+                              "target_store": str(target_store.path), "selection": str(selection_dir),
+                              "excluded": excluded}
     if target_set.benchmark:
         result["targets"] = targets[0]
     if not skip_training:
         result["train"] = train_and_evaluate(selection_dir, eval, out / "train", model, train, max_length, seed, trainer, overwrite)
         lap("train")
+    if global_rank() != 0:  # what is left is rank 0's alone: lm-eval, the timings and the summary
+        return result
     if eval_tasks.tasks:
         from lightning_less.recipes.evaluate import evaluate_adapter
 

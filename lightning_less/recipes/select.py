@@ -130,8 +130,10 @@ def select(
         overwrite: replace a selection (and an S2L proxy) made with other settings.
 
     Returns:
-        ``{"selection", "method", "k", "n_pool", "reused"}``: the selection directory, the
-        method, the number selected, the pool size, and whether an existing selection was reused.
+        ``{"selection", "method", "k", "n_pool", "n_excluded", "reused"}``: the selection directory, the
+        method, the number selected, the pool size, the pool examples left out for having no response
+        token at ``max_length`` (known from ``model`` or the method's stores; never selected), and whether
+        an existing selection was reused.
     """
     request = SelectionRequest(
         pool=pool, targets=targets or (), fraction=fraction, count=count, seed=seed, pool_store=pool_store,
@@ -142,4 +144,4 @@ def select(
     path = run_step(step)
     inputs = step.plan.inputs
     return {"selection": str(path), "method": method, "k": inputs.k, "n_pool": len(inputs.pool),
-            "reused": step.plan.reuse and step.proxy is None}
+            "n_excluded": int(inputs.excluded.size), "reused": step.plan.reuse and step.proxy is None}

@@ -5,12 +5,17 @@ settings and a fingerprint of them. A step whose marker matches is skipped; one 
 marker differs is refused (stale output) unless ``overwrite`` is set, so a result is never
 silently reused with other settings. A directory without a marker is an interrupted step
 and is started again from scratch.
+
+Under DDP every rank calls the same steps: rank 0 alone decides whether a step is done
+(removing what an interrupted step left) and writes its marker, and every rank gets its
+decision, or its refusal (:func:`~lightning_less.distributed.on_rank_zero`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -18,9 +23,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from lightning_less.distributed import global_rank, on_rank_zero
 from lightning_less.errors import StaleOutputError
 
 STEP_FILE = "step.json"
+
+
+def say(message: str, logger: str = "lightning_less.recipes") -> None:
+    """Log a step's line once: on global rank 0 (under DDP every rank goes through the steps)."""
+    if global_rank() == 0:
+        logging.getLogger(logger).info(message)
 
 
 def fingerprint(settings: dict) -> str:
@@ -34,7 +46,7 @@ def file_hash(path: str | os.PathLike) -> str:
 
 
 def step_done(path: Path, settings: dict, overwrite: bool) -> bool:
-    """Whether the step in ``path`` already finished with these settings.
+    """Whether the step in ``path`` already finished with these settings (decided on rank 0 under DDP).
 
     Args:
         path: the step's directory.
@@ -48,6 +60,10 @@ def step_done(path: Path, settings: dict, overwrite: bool) -> bool:
     Raises:
         StaleOutputError: ``path`` holds a result made with other settings and not ``overwrite``.
     """
+    return on_rank_zero(_step_done, path, settings, overwrite)
+
+
+def _step_done(path: Path, settings: dict, overwrite: bool) -> bool:
     marker = path / STEP_FILE
     if marker.exists():
         recorded = json.loads(marker.read_text())
@@ -58,14 +74,19 @@ def step_done(path: Path, settings: dict, overwrite: bool) -> bool:
                 f"{path} holds results made with other settings ({marker}); pass --overwrite true "
                 "(overwrite=True) to redo the step, or choose another output directory"
             )
-    if path.exists() and (overwrite or not marker.exists()):
-        # An unfinished step (no marker) or one to redo: start clean, never mix.
+    if path.exists() and (overwrite or not marker.exists()) and global_rank() == 0:
+        # An unfinished step (no marker) or one to redo: start clean, never mix. (Another rank that
+        # Lightning's launcher started goes through the steps rank 0 did before it: it only reads.)
         shutil.rmtree(path)
     return False
 
 
 def mark_done(path: Path, settings: dict, result: dict | None = None) -> None:
-    """Write the step's marker (atomically, last): its settings, their fingerprint and its result."""
+    """Write the step's marker (atomically, last): its settings, their fingerprint and its result (rank 0 under DDP)."""
+    on_rank_zero(_write_marker, path, settings, result)
+
+
+def _write_marker(path: Path, settings: dict, result: dict | None) -> None:
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / f".{STEP_FILE}.tmp"
     record = {"fingerprint": fingerprint(settings), "settings": settings, "result": result or {}}

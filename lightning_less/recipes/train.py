@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 from lightning_less.data.records import files_fingerprint
 from lightning_less.errors import MissingInputError
 from lightning_less.recipes.settings import TrainSettings
-from lightning_less.recipes.steps import file_hash, make_trainer, mark_done, step_done, step_result
+from lightning_less.recipes.steps import file_hash, make_trainer, mark_done, say, step_done, step_result
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,9 @@ def train_and_evaluate(
               "eval": files_fingerprint(eval_files or []), "model": train_model, "max_length": max_length,
               "seed": seed, **asdict(settings)}
     if step_done(output, config, overwrite):
-        log.info(f"[skip] training on {selection_dir}: done")
+        say(f"[skip] training on {selection_dir}: done")
         return step_result(output)
-    log.info(f"[4/4] training {train_model} on the selection {selection_dir} -> {output}")
+    say(f"[4/4] training {train_model} on the selection {selection_dir} -> {output}")
     pl.seed_everything(seed, verbose=False)
     module = LoRAInstructionTuningModule(
         model_name_or_path=train_model, use_lora=settings.use_lora, lora_r=settings.lora_r,

@@ -24,7 +24,11 @@ the union of all methods' options; each method uses its own). A method declares:
   :mod:`~lightning_less.selection.s2l`);
 * ``deciding``: the request fields that, beside the method, the budget ``k`` and the pool
   files, decide whether an existing selection can be reused (:func:`stale_reason`);
-* ``default_fraction`` (5%, as LESS) and ``whole_pool`` (``full``).
+* ``default_fraction`` (5%, as LESS) and ``whole_pool`` (``full``);
+* :meth:`SelectionMethod.excluded`: pool rows its inputs hold no example for (a store's
+  rows without a response token). With those the runner finds itself (the pool tokenized
+  with ``--model``'s tokenizer at ``--max_length``) they are ``inputs.excluded``: every
+  method selects among ``inputs.eligible`` only, and the runner checks it did.
 
 :mod:`lightning_less.selection.runner` runs a request through these steps.
 """
@@ -36,10 +40,12 @@ import importlib
 import json
 import os
 import pkgutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
+
+import numpy as np
 
 from lightning_less.data.records import Record, as_paths, file_sha256
 from lightning_less.errors import InputError, MissingInputError
@@ -82,7 +88,8 @@ class SelectionRequest:
     aggregation: str = "max_subtask_mean"
     """less / rds: ``max_subtask_mean``, ``mean`` or ``round_robin`` over target subtasks."""
     model: str | None = None
-    """rds: the model whose hidden states are compared (s2l: a proxy to train, by the select / compare commands)."""
+    """rds: the model whose hidden states are compared (s2l: a proxy to train, by the select / compare commands);
+    for every method, its tokenizer finds the pool examples without a response token (never selected)."""
     trajectories: str | None = None
     """s2l: a loss-trajectory store of the pool."""
     n_clusters: int = 100
@@ -90,7 +97,8 @@ class SelectionRequest:
     stratify_by_source: bool = False
     """s2l: sample each source separately."""
     max_length: int = 2048
-    """rds (and the S2L proxy): truncation length in tokens."""
+    """rds (and the S2L proxy): truncation length in tokens; with ``model``, for every method, the length at
+    which pool examples left without a response token are never selected."""
     trainer: dict[str, Any] | None = None
     """Trainer arguments for what a method runs (rds: ``accelerator`` picks the device)."""
 
@@ -127,6 +135,14 @@ class Inputs:
     """``{"fraction", "count", "k"}`` as recorded in the manifest."""
     loaded: dict[str, Any] | None = None
     """What ``load`` returned; ``None`` while an input is still to be made (e.g. by the S2L proxy)."""
+    excluded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Pool indices never selected, ascending: examples with no response token left after truncation
+    (docs/algorithms.md, "Examples without a response token")."""
+
+    @property
+    def eligible(self) -> np.ndarray:
+        """The pool indices a method may select, ascending (every index but ``excluded``)."""
+        return np.setdiff1d(np.arange(len(self.pool), dtype=np.int64), self.excluded)
 
     @property
     def k(self) -> int:
@@ -176,8 +192,12 @@ class SelectionMethod:
         """
         return {}
 
+    def excluded(self, inputs: Inputs) -> Sequence[int]:
+        """Pool rows the loaded inputs hold no example for (e.g. a store's ``excluded_indices``): never selected."""
+        return ()
+
     def select(self, inputs: Inputs) -> SelectionResult:
-        """Select ``inputs.k`` pool examples."""
+        """Select ``inputs.k`` pool examples among ``inputs.eligible``."""
         raise NotImplementedError
 
     def recorded_inputs(self, inputs: Inputs) -> dict[str, Any]:
@@ -266,6 +286,9 @@ def decisive(inputs: Inputs) -> dict[str, Any]:
         elif name in STORE_FIELDS:
             value = _store_identity(value)
         out[name] = value
+    # What is left out changes any method's selection (a random sample too).
+    digest = hashlib.sha256(np.asarray(inputs.excluded, dtype="<i8").tobytes()).hexdigest()[:16]
+    out["excluded"] = {"count": int(len(inputs.excluded)), "sha256": digest}
     return json.loads(json.dumps(out))
 
 
@@ -280,6 +303,9 @@ def _why(key: str, old: Any, new: Any) -> str:
         return f"its {key} {new['path']} was rebuilt since"
     if key in STORE_FIELDS:
         return f"its {key} is {(old or {}).get('path')}, not {(new or {}).get('path')}"
+    if key == "excluded":
+        return (f"it left out {(old or {}).get('count')} pool examples without a response token, this request "
+                f"{(new or {}).get('count')} (another --model or --max_length)")
     return f"it used {key} {old!r}, not {new!r}"
 
 

@@ -31,12 +31,14 @@ response token or the gradient pass failed, and silently scoring it 0 would hide
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from lightning_less.distributed import shared_failure
 from lightning_less.selection.blocks import BlockReader
 from lightning_less.selection.ranks import all_reduce_rows, resolve_ranks, row_range
 
@@ -131,6 +133,46 @@ def _auto_block_size(d: int) -> int:
     return max(1, _DEFAULT_BLOCK_BYTES // (4 * max(d, 1)))
 
 
+def _target_means(targets: Sequence[Any], averaging: torch.Tensor, weights: np.ndarray,
+                  device: torch.device) -> list[torch.Tensor]:
+    """``M_i``: per-subtask means of the unit-normalised targets, pre-scaled by ``w_i``, ``[d_i, S]`` per snapshot."""
+    subtask_means = []
+    for i, t in enumerate(targets):
+        t32 = _rows_to_fp32(t, device)
+        norms = torch.linalg.vector_norm(t32, dim=1)
+        _check_norms(norms, f"target features of snapshot {i}")
+        means = averaging @ (t32 / norms[:, None])
+        subtask_means.append((means * float(weights[i])).T.contiguous())
+    return subtask_means
+
+
+def _score_rows(reader: BlockReader, first: int, stop: int, subtask_means: list[torch.Tensor], n_subtasks: int,
+                skip: np.ndarray, device: torch.device) -> np.ndarray:
+    """``[stop - first, S]`` per-subtask scores of the pool rows ``[first, stop)``; NaN on the ``skip`` rows."""
+    if device.type == "cpu":
+        # On CPU the [B, d] @ [d, S] product goes through numpy: torch's MKL sgemm was
+        # 2x slower than numpy's OpenBLAS for this skinny shape on AMD EPYC
+        # (benchmarks/scoring.py); both are fp32.
+        subtask_means_np = [m.numpy() for m in subtask_means]
+    per_subtask = np.zeros((stop - first, n_subtasks), dtype=np.float32)
+    with torch.no_grad():
+        for i, start, end, x in reader.blocks(first, stop):
+            norms = torch.linalg.vector_norm(x, dim=1)
+            left_out = torch.from_numpy(skip[start:end]).to(norms.device)
+            norms = torch.where(left_out, torch.ones_like(norms), norms)  # no direction to check: never scored
+            _check_norms(norms, f"pool features of snapshot {i}", offset=start)
+            # (x / |x|) @ M_i == (x @ M_i) / |x|: saves a pass over the block.
+            if device.type == "cpu":
+                part = x.numpy() @ subtask_means_np[i]
+                part /= norms.numpy()[:, None]
+            else:
+                part = ((x @ subtask_means[i]) / norms[:, None]).cpu().numpy()
+            part[skip[start:end]] = np.nan
+            # Snapshots of a block arrive in order: the sum over i is accumulated in order.
+            per_subtask[start - first : end - first] += part
+    return per_subtask
+
+
 def influence_scores(
     pool: Sequence[Any],
     targets: Sequence[Any],
@@ -142,6 +184,7 @@ def influence_scores(
     distributed: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
+    exclude: Sequence[int] | np.ndarray | None = None,
 ) -> InfluenceScores:
     """LESS influence scores of every pool example (docs/algorithms.md §1.5).
 
@@ -165,13 +208,17 @@ def influence_scores(
         rank: with ``world_size``, without a process group: score only this rank's rows
             (the result's ``rows``); join the ranks' results with :func:`merge_rank_scores`.
         world_size: how many ranks share the rows.
+        exclude: pool rows never scored (examples without a response token, whose features are
+            zeros): their scores are NaN and their norms are not checked.
 
     Returns:
         The :class:`InfluenceScores`.
 
     Raises:
         ValueError: on mismatched shapes, bad learning rates, an unknown aggregation,
-            a feature row with zero or non-finite norm, or bad rank arguments.
+            a feature row with zero or non-finite norm, or bad rank arguments. With
+            ``distributed``, a row refused on one rank raises the same error on every rank
+            (:func:`lightning_less.distributed.shared_failure`), never a hang in the ``all_reduce``.
 
     Example::
 
@@ -212,40 +259,22 @@ def influence_scores(
     for s, g in enumerate(groups):
         averaging[s, torch.from_numpy(g)] = 1.0 / len(g)
     averaging = averaging.to(device)
-    # M_i: per-subtask means of the unit-normalised targets, pre-scaled by w_i, [d_i, S].
-    subtask_means = []
-    for i, t in enumerate(targets):
-        t32 = _rows_to_fp32(t, device)
-        norms = torch.linalg.vector_norm(t32, dim=1)
-        _check_norms(norms, f"target features of snapshot {i}")
-        means = averaging @ (t32 / norms[:, None])
-        subtask_means.append((means * float(weights[i])).T.contiguous())
-
+    skip = np.zeros(n, dtype=bool)
+    if exclude is not None and len(exclude):
+        rows = np.asarray(exclude, dtype=np.int64)
+        if rows.min() < 0 or rows.max() >= n:
+            raise ValueError(f"exclude holds rows outside the pool's {n}: {rows[(rows < 0) | (rows >= n)][:5].tolist()}")
+        skip[rows] = True
     if block_size is None:
         block_size = _auto_block_size(max(_shape2(p, "pool")[1] for p in pool))
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     reader = BlockReader(pool, min(block_size, n), device)
     first, stop = row_range(n, reader.block_size, rank, world_size)
-    if device.type == "cpu":
-        # On CPU the [B, d] @ [d, S] product goes through numpy: torch's MKL sgemm was
-        # 2x slower than numpy's OpenBLAS for this skinny shape on AMD EPYC
-        # (benchmarks/scoring.py); both are fp32.
-        subtask_means_np = [m.numpy() for m in subtask_means]
-
-    per_subtask = np.zeros((stop - first, len(names)), dtype=np.float32)
-    with torch.no_grad():
-        for i, start, end, x in reader.blocks(first, stop):
-            norms = torch.linalg.vector_norm(x, dim=1)
-            _check_norms(norms, f"pool features of snapshot {i}", offset=start)
-            # (x / |x|) @ M_i == (x @ M_i) / |x|: saves a pass over the block.
-            if device.type == "cpu":
-                part = x.numpy() @ subtask_means_np[i]
-                part /= norms.numpy()[:, None]
-            else:
-                part = ((x @ subtask_means[i]) / norms[:, None]).cpu().numpy()
-            # Snapshots of a block arrive in order: the sum over i is accumulated in order.
-            per_subtask[start - first : end - first] += part
+    # A row refused on one rank (zero norm) must stop every rank before the all_reduce its peers wait in.
+    with shared_failure() if in_group else nullcontext():
+        subtask_means = _target_means(targets, averaging, weights, device)
+        per_subtask = _score_rows(reader, first, stop, subtask_means, len(names), skip, device)
     if in_group:
         per_subtask = all_reduce_rows(per_subtask, first, n)
     sharded = world_size > 1 and not in_group
@@ -292,6 +321,7 @@ def cosine_scores(
     aggregation: str = "max_subtask_mean",
     block_size: int | None = None,
     device: str | torch.device = "cpu",
+    exclude: Sequence[int] | np.ndarray | None = None,
 ) -> InfluenceScores:
     """Cosine scores with subtask aggregation for a single feature space (RDS, docs/algorithms.md §3.4).
 
@@ -304,8 +334,9 @@ def cosine_scores(
         aggregation: as in :func:`influence_scores`.
         block_size: pool rows per block.
         device: torch device.
+        exclude: pool rows never scored (NaN), as in :func:`influence_scores`.
 
     Returns:
         The :class:`InfluenceScores`.
     """
-    return influence_scores([pool], [targets], [1.0], target_subtasks, aggregation, block_size, device)
+    return influence_scores([pool], [targets], [1.0], target_subtasks, aggregation, block_size, device, exclude=exclude)

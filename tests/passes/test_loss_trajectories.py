@@ -254,18 +254,17 @@ def test_example_without_response_token_is_nan_reported_and_excluded_by_s2l(run,
     assert len(ids) == 13 and "p-long" not in ids  # every example with a defined loss, never the undefined one
 
 
-def test_an_own_loader_without_index_gives_the_same_trajectories(run, tmp_path):
-    """Token ids from an own DataLoader (no ``index``, no library datamodule): rows are dataset positions, the
-    example without a predicted token is excluded, and the losses are those of the jsonl pass."""
+def own_loader(model: str, pool: str):
+    """Token ids from an own DataLoader (no ``index``, no library datamodule), batches of 4."""
     from torch.utils.data import DataLoader
 
     from lightning_less.data.formatting import encode_messages
     from lightning_less.data.records import read_records
     from lightning_less.models.loading import load_tokenizer
 
-    tokenizer = load_tokenizer(run["model"])
+    tokenizer = load_tokenizer(model)
     items = [dict(zip(("input_ids", "labels"), encode_messages(r.messages, tokenizer, max_length=MAX_LENGTH)))
-             for r in read_records([run["pool"]])]
+             for r in read_records([pool])]
 
     def collate(batch):
         width = max(len(it["input_ids"]) for it in batch)
@@ -274,9 +273,39 @@ def test_an_own_loader_without_index_gives_the_same_trajectories(run, tmp_path):
                 "attention_mask": torch.tensor([pad([1] * len(it["input_ids"]), 0) for it in batch]),
                 "labels": torch.tensor([pad(it["labels"], -100) for it in batch])}
 
+    return DataLoader(items, batch_size=4, collate_fn=collate)
+
+
+def test_an_own_loader_without_index_gives_the_same_trajectories(run, tmp_path):
+    """Rows are dataset positions, the example without a predicted token is excluded, and the losses are
+    those of the jsonl pass."""
     module = LossTrajectoryModule(run["ckpts"], str(tmp_path / "own"))
-    _trainer([]).predict(module, dataloaders=DataLoader(items, batch_size=4, collate_fn=collate), return_predictions=False)
+    _trainer([]).predict(module, dataloaders=own_loader(run["model"], run["pool"]), return_predictions=False)
     got, manifest = TrajectoryStore(tmp_path / "own").read()
     want, _ = TrajectoryStore(run["ckpt_store"]).read()
     assert manifest["data"]["kind"] == "token_sha256" and manifest["excluded_indices"] == [NO_RESPONSE]
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)  # NaN on the excluded row in both
+
+
+def test_an_own_loader_under_ddp_leaves_the_excluded_row_to_no_rank(run, tmp_path):
+    """The excluded row (position 5) falls in rank 1's share of a plain DataLoader: it is not computed there
+    (its NaN loss was refused), and the merged store equals one process's."""
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        from lightning_less.passes.loss_trajectories import LossTrajectoryModule
+        from tests.passes.test_loss_trajectories import _trainer, own_loader
+        torch.set_num_threads(1)
+        module = LossTrajectoryModule({run['ckpts']!r}, {str(tmp_path / 'ddp')!r})
+        _trainer([], accelerator="cpu", devices=2, strategy="ddp").predict(
+            module, dataloaders=own_loader({run['model']!r}, {run['pool']!r}), return_predictions=False)
+    """))
+    run_two_ranks(script, timeout=240)
+    module = LossTrajectoryModule(run["ckpts"], str(tmp_path / "single"))
+    _trainer([]).predict(module, dataloaders=own_loader(run["model"], run["pool"]), return_predictions=False)
+    merged, merged_manifest = TrajectoryStore(tmp_path / "ddp").read()
+    single, single_manifest = TrajectoryStore(tmp_path / "single").read()
+    assert not (tmp_path / "ddp.shards").exists() and merged_manifest["excluded_indices"] == [NO_RESPONSE]
+    drop = {"created"}
+    assert {k: v for k, v in merged_manifest.items() if k not in drop} == {k: v for k, v in single_manifest.items() if k not in drop}
+    np.testing.assert_allclose(merged, single, rtol=1e-6, atol=1e-7)  # NaN on the excluded row in both

@@ -185,6 +185,49 @@ def test_two_process_gloo_on_an_own_loader_equals_one_process(own, tmp_path):
         np.testing.assert_allclose(np.asarray(merged.features(snap, DIM)), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+def excluded_on_both_ranks() -> list[dict]:
+    """The own examples with a second one without a predicted token, at an odd position: rank 1's share."""
+    examples = own_examples()
+    examples[NO_RESPONSE + 1] = dict(examples[NO_RESPONSE + 1], labels=[-100] * len(examples[NO_RESPONSE + 1]["labels"]))
+    return examples
+
+
+def test_rows_without_a_response_token_on_every_rank_give_the_one_process_store(own, tmp_path):
+    """A plain DataLoader deals the excluded rows to both ranks (positions 4 and 5): no rank computes them
+    (a computed row would raise: no loss), and the merged store equals one process's."""
+    single = _loop(own["snapshots"], tmp_path / "single", own["module"]).run(own_loader(excluded_on_both_ranks()))
+    assert single.manifest["excluded_indices"] == [NO_RESPONSE, NO_RESPONSE + 1]
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        from examples.own_project.model import OwnLoRAModule
+        from tests.passes.test_own_data import _loop, excluded_on_both_ranks, own_loader
+        torch.set_num_threads(1)
+        _loop({str(own['snapshots'])!r}, {str(tmp_path / 'ddp')!r}, OwnLoRAModule(seed=0),
+              trainer_kwargs=dict(accelerator="cpu", devices=2, strategy="ddp")).run(own_loader(excluded_on_both_ranks()))
+    """))
+    run_two_ranks(script, timeout=240)
+    merged = GradientDatastore.open(tmp_path / "ddp")
+    assert merged.is_complete() and not (tmp_path / "ddp.shards").exists()
+    drop = {"created"}
+    assert {k: v for k, v in merged.manifest.items() if k not in drop} == {k: v for k, v in single.manifest.items() if k not in drop}
+    for snap in single.snapshots:
+        want = np.asarray(single.features(snap, DIM))
+        assert not want[[NO_RESPONSE, NO_RESPONSE + 1]].any() and np.abs(want).sum(axis=1)[:NO_RESPONSE].all()
+        np.testing.assert_allclose(np.asarray(merged.features(snap, DIM)), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    # Selecting from it: the two rows are never selected (they used to refuse the whole pool).
+    targets_data = make_examples(["reverse"] * 3, 4, 99)
+    targets = _loop(own["snapshots"], tmp_path / "targets", own["module"], feature="sgd").run(own_loader(targets_data))
+    kw = {"target_data": own_loader(targets_data), "target_subtasks": ["reverse"] * 3,
+          "pool_data": own_loader(excluded_on_both_ranks())}
+    n = merged.n_examples
+    result = select_from_stores(merged, targets, n - 2, **kw)
+    assert sorted(result.selected.tolist()) == [i for i in range(n) if i not in (NO_RESPONSE, NO_RESPONSE + 1)]
+    assert np.isnan(result.scores[[NO_RESPONSE, NO_RESPONSE + 1]]).all()
+    with pytest.raises(InputError, match=f"k={n - 1} exceeds the {n - 2} rows"):
+        select_from_stores(merged, targets, n - 1, **kw)
+
+
 def test_changed_data_is_refused_on_resume_at_selection_and_during_the_pass(own, tmp_path):
     module = own["module"]
     examples = [ex for i, ex in enumerate(own_examples()) if i != NO_RESPONSE]

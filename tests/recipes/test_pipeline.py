@@ -181,3 +181,35 @@ def test_less_t_trains_another_model_on_the_same_selection(tmp_path):
     assert moved["target_loss"] != result["train"]["target_loss"]
     step = json.loads((tmp_path / "less_t" / "step.json").read_text())
     assert "tiny-llama-small" in json.dumps(step)
+
+
+def _long(prefix: str, n: int, **extra) -> list[dict]:
+    """Records whose response lies beyond max_length=64 (one token per character): no response token left."""
+    return [{"id": f"{prefix}{i}", **extra, "messages": [{"role": "user", "content": "echo " + "x" * 200},
+                                                         {"role": "assistant", "content": "x"}]} for i in range(n)]
+
+
+def test_examples_without_a_response_token_are_counted_before_the_warmup(tmp_path, monkeypatch, caplog):
+    """Counted and named before anything is computed (not refused after the gradient pass), checked against the
+    budget, and targets without one are refused, all before the warmup."""
+    import lightning.pytorch as pl
+
+    class Started(Exception):
+        pass
+
+    def started(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(pl.Trainer, "fit", started)
+    a, b, t = _pool(tmp_path)
+    long = write_jsonl(tmp_path / "pool_long.jsonl", _long("long", 3))
+    with caplog.at_level("INFO", logger="lightning_less"), pytest.raises(Started):
+        _run(tmp_path, pool=[str(a), str(b), str(long)])
+    assert "3 (ids long0, long1, long2) of the 43 pool examples keep no response token at --max_length 64" in caplog.text
+    with pytest.raises(InputError, match=r"the budget \(41\) exceeds the 40 pool examples left with a response token"):
+        _run(tmp_path, pool=[str(a), str(b), str(long)], selection=SelectionSettings(count=41))
+    targets = write_jsonl(tmp_path / "targets_long.jsonl", [json.loads(line) for line in t.read_text().splitlines()]
+                          + _long("tlong", 1, subtask="upper"))
+    with pytest.raises(InputError, match=r"--targets: target examples without a response token .*1 \(ids tlong0\)"):
+        _run(tmp_path, targets=[str(targets)])
+    assert not (tmp_path / "run" / "warmup").exists()

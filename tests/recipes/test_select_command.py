@@ -43,7 +43,7 @@ def test_select_command_is_reproducible_and_byte_identical(tmp_path, files, meth
     for run in range(2):
         out = tmp_path / f"{method}_{run}"
         result = select(method=method, pool=pool, targets=[targets], output=str(out), count=7, seed=3)
-        assert result == {"selection": str(out), "method": method, "k": 7, "n_pool": 30, "reused": False}
+        assert result == {"selection": str(out), "method": method, "k": 7, "n_pool": 30, "n_excluded": 0, "reused": False}
         outs.append(out)
     a, b = ((o / "selected.jsonl").read_bytes() for o in outs)
     assert a == b and len(a.splitlines()) == 7

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from lightning_less.data.records import Record
 from lightning_less.selection.baselines import dsir_weights, gumbel_top_k
-from lightning_less.selection.budget import top_k
 from lightning_less.selection.registry import Inputs, SelectionMethod, register
-from lightning_less.selection.result import SelectionResult
+from lightning_less.selection.result import SelectionResult, blank, top_k_among
 
 
 def select_dsir(
@@ -20,12 +21,18 @@ def select_dsir(
     num_buckets: int = 10_000,
     min_tokens: int = 0,
     field: str = "text",
+    eligible: np.ndarray | None = None,
 ) -> SelectionResult:
-    """The ``k`` highest importance weights (or a Gumbel top-k sample of them, seeded)."""
+    """The ``k`` highest importance weights (or a Gumbel top-k sample of them, seeded), among ``eligible``
+    (default: all); the weights are those of the whole pool, blank on the other rows."""
     weights = dsir_weights(pool, targets, num_buckets, min_tokens, field)
-    selected = gumbel_top_k(weights, k, seed) if gumbel else top_k(weights, k)
+    if gumbel:
+        selected = gumbel_top_k(weights if eligible is None else weights[eligible], k, seed)
+        selected = selected if eligible is None else eligible[selected]
+    else:
+        selected = top_k_among(weights, k, eligible)
     params = {"gumbel": gumbel, "num_buckets": num_buckets, "min_tokens": min_tokens, "field": field, "ngrams": 2}
-    return SelectionResult(selected, weights, None, params)
+    return SelectionResult(selected, blank(weights, eligible), None, params)
 
 
 @register
@@ -38,4 +45,4 @@ class Dsir(SelectionMethod):
     deciding = ("targets",)
 
     def select(self, inputs: Inputs) -> SelectionResult:
-        return select_dsir(inputs.pool, inputs.targets, inputs.k, seed=inputs.request.seed)
+        return select_dsir(inputs.pool, inputs.targets, inputs.k, seed=inputs.request.seed, eligible=inputs.eligible)

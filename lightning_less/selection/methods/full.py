@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from lightning_less.selection.registry import Inputs, SelectionMethod, register
 from lightning_less.selection.result import SelectionResult
 
 
 @register
 class Full(SelectionMethod):
-    """Every pool example, in pool order; no budget applies."""
+    """Every pool example (but those without a response token, when known), in pool order; no budget applies."""
 
     name = "full"
     description = "the whole pool, whatever the budget (the reference to compare with)"
@@ -18,4 +16,4 @@ class Full(SelectionMethod):
     whole_pool = True
 
     def select(self, inputs: Inputs) -> SelectionResult:
-        return SelectionResult(np.arange(len(inputs.pool), dtype=np.int64), None, None, {})
+        return SelectionResult(inputs.eligible, None, None, {})

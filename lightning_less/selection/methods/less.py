@@ -6,9 +6,10 @@ features come from two gradient datastores, checked before anything is scored
 (:func:`check_stores`): the same projector and dims, byte-identical snapshots, the same
 base model and tokenization, and each store computed on the data it is used with (the
 ``--pool`` / ``--targets`` files, or any data given to :func:`select_from_stores`).
-Target examples that had no response token left after truncation have no features
-(the target store's ``excluded_indices``) and are left out; pool examples without
-features are refused, since they could be neither scored nor silently dropped.
+Pool examples that had no response token left after truncation have no features (the
+pool store's ``excluded_indices``): they are not scored (their score is NaN) and never
+selected. Target examples without one are refused, naming them: a target without a
+response gives no signal, so it is a mistake in the target set.
 """
 
 from __future__ import annotations
@@ -37,17 +38,20 @@ def select_less(
     block_size: int | None = None,
     device: str | torch.device = "cpu",
     distributed: bool = False,
+    exclude: Sequence[int] | np.ndarray | None = None,
 ) -> SelectionResult:
     """LESS: LR-weighted cosine over snapshots, subtask aggregation, top-k (docs/algorithms.md).
 
     ``distributed``: every rank of the initialised process group calls this and scores a
     share of the pool's rows; all get the whole selection (docs/scaling.md, "Past one machine").
+    ``exclude``: pool rows never scored nor selected (examples without a response token).
     """
     result = influence_scores(
         pool_features, target_features, snapshot_lrs, target_subtasks, aggregation, block_size, device,
-        distributed=distributed,
+        distributed=distributed, exclude=exclude,
     )
-    return from_influence(result, k, {"snapshot_lrs": [float(x) for x in snapshot_lrs]})
+    eligible = None if exclude is None or not len(exclude) else np.setdiff1d(np.arange(result.score.shape[0]), exclude)
+    return from_influence(result, k, {"snapshot_lrs": [float(x) for x in snapshot_lrs]}, eligible)
 
 
 def open_store(path: str, flag: str) -> GradientDatastore:
@@ -91,17 +95,16 @@ def _check_data(store: GradientDatastore, data: Any, label: str, data_label: str
         check_data(store.manifest, data, label, data_label)
 
 
-def _usable_rows(pool_store: GradientDatastore, target_store: GradientDatastore, pool_label: str,
-                 target_label: str) -> np.ndarray:
-    """The target rows with features; refuses pool rows without (they could be neither scored nor dropped)."""
-    excluded = pool_store.manifest.get("excluded_indices", [])
+def _usable_rows(target_store: GradientDatastore, target_label: str, targets: Sequence[Any] | None = None) -> np.ndarray:
+    """The target rows (all of them): a target without features (no response token left) is refused, named."""
+    excluded = [int(i) for i in target_store.manifest.get("excluded_indices", [])]
     if excluded:
-        raise InputError(f"{len(excluded)} pool examples of {pool_label} have no response token after truncation "
-                         f"(e.g. indices {excluded[:5]}); raise max_length or remove them from the pool")
-    keep = np.setdiff1d(np.arange(target_store.n_examples), target_store.manifest.get("excluded_indices", []))
-    if keep.size == 0:
-        raise InputError(f"no target example of {target_label} has a response token left after truncation: raise max_length")
-    return keep
+        named = (f"ids {', '.join(targets[i].id for i in excluded[:5])}" if targets is not None
+                 else f"indices {excluded[:5]}") + (f" and {len(excluded) - 5} more" if len(excluded) > 5 else "")
+        raise InputError(f"{len(excluded)} target examples of {target_label} keep no response token after truncation "
+                         f"({named}): a target without a response gives no signal; raise max_length, or shorten or "
+                         "remove them")
+    return np.arange(target_store.n_examples)
 
 
 def _dim_of(pool_store: GradientDatastore, dim: int | None) -> int:
@@ -112,11 +115,14 @@ def _dim_of(pool_store: GradientDatastore, dim: int | None) -> int:
 
 
 def _scored(pool_store: GradientDatastore, target_store: GradientDatastore, dim: int, keep: np.ndarray,
-            subtasks: Sequence[str], k: int, aggregation: str, distributed: bool = False) -> SelectionResult:
+            subtasks: Sequence[str], k: int, aggregation: str, distributed: bool = False,
+            exclude: Sequence[int] | np.ndarray | None = None) -> SelectionResult:
+    """LESS on the stores; ``exclude`` (default: the pool store's ``excluded_indices``) is never scored nor selected."""
+    exclude = pool_store.manifest.get("excluded_indices", []) if exclude is None else exclude
     return select_less([pool_store.features(s, dim) for s in pool_store.snapshots],
                        [np.asarray(target_store.features(s, dim))[keep] for s in target_store.snapshots],
                        pool_store.manifest["snapshot_lrs"], [subtasks[i] for i in keep], k, aggregation=aggregation,
-                       distributed=distributed)
+                       distributed=distributed, exclude=exclude)
 
 
 def select_from_stores(
@@ -140,7 +146,7 @@ def select_from_stores(
         pool_store: the pool's ``adam`` store.
         target_store: the targets' ``sgd`` store.
         k: how many pool examples to select.
-        target_subtasks: one subtask label per target row (rows of excluded targets included).
+        target_subtasks: one subtask label per target row.
         pool_data: the pool: its jsonl files, or the ``DataLoader`` / ``LightningDataModule`` /
             dataset the pool store was computed on (identified again and compared).
         target_data: the targets, as ``pool_data``.
@@ -150,10 +156,12 @@ def select_from_stores(
             of the rows, every rank returns the whole selection (equal to one process).
 
     Returns:
-        The :class:`~lightning_less.selection.result.SelectionResult`: ``selected`` are pool rows in rank order.
+        The :class:`~lightning_less.selection.result.SelectionResult`: ``selected`` are pool rows in rank order,
+        never a row of the pool store's ``excluded_indices`` (no response token; score NaN).
 
     Raises:
         IncompatibleError: stores that cannot be scored together, or computed on other data.
+        InputError: target rows without a response token, or ``k`` above the pool rows left with one.
     """
     stores = [s if isinstance(s, GradientDatastore) else open_store(os.fspath(s), flag)
               for s, flag in ((pool_store, "pool_store"), (target_store, "target_store"))]
@@ -163,7 +171,10 @@ def select_from_stores(
     _check_data(targets, target_data, labels[1], "the target data given")
     if len(target_subtasks) != targets.n_examples:
         raise InputError(f"{len(target_subtasks)} target subtasks for the {targets.n_examples} rows of {labels[1]}")
-    return _scored(pool, targets, _dim_of(pool, dim), _usable_rows(pool, targets, *labels), target_subtasks, k,
+    usable = pool.n_examples - len(pool.manifest.get("excluded_indices", []))
+    if k > usable:
+        raise InputError(f"k={k} exceeds the {usable} rows of {labels[0]} left with a response token")
+    return _scored(pool, targets, _dim_of(pool, dim), _usable_rows(targets, labels[1]), target_subtasks, k,
                    aggregation, distributed)
 
 
@@ -189,12 +200,16 @@ class Less(SelectionMethod):
                                         f"{len(records)} records: it was computed on other data")
             check_files(store.manifest, files, label, what)
         dim = _dim_of(pool_store, request.dim)
-        return {"stores": (pool_store, target_store), "dim": dim, "kept_targets": _usable_rows(pool_store, target_store, *labels)}
+        return {"stores": (pool_store, target_store), "dim": dim,
+                "kept_targets": _usable_rows(target_store, labels[1], inputs.targets)}
+
+    def excluded(self, inputs: Inputs) -> list[int]:
+        return inputs.loaded["stores"][0].manifest.get("excluded_indices", [])
 
     def select(self, inputs: Inputs) -> SelectionResult:
         pool_store, target_store = inputs.loaded["stores"]
         return _scored(pool_store, target_store, inputs.loaded["dim"], inputs.loaded["kept_targets"],
-                       inputs.target_subtasks, inputs.k, inputs.request.aggregation)
+                       inputs.target_subtasks, inputs.k, inputs.request.aggregation, exclude=inputs.excluded)
 
     def recorded_inputs(self, inputs: Inputs) -> dict[str, Any]:
         return {"pool_store": inputs.request.pool_store, "target_store": inputs.request.target_store,

@@ -21,4 +21,5 @@ class Random(SelectionMethod):
     deciding = ("seed",)
 
     def select(self, inputs: Inputs) -> SelectionResult:
-        return select_random(len(inputs.pool), inputs.k, seed=inputs.request.seed)
+        eligible = inputs.eligible  # the whole pool unless examples without a response token are left out
+        return SelectionResult(eligible[random_select(eligible.size, inputs.k, inputs.request.seed)], None, None, {})

@@ -30,10 +30,14 @@ def select_rds(
     aggregation: str = "max_subtask_mean",
     block_size: int | None = None,
     device: str | torch.device = "cpu",
+    exclude: Sequence[int] | np.ndarray | None = None,
 ) -> SelectionResult:
-    """RDS: cosine of hidden states, the same aggregation and top-k as LESS."""
-    result = cosine_scores(pool_features, target_features, target_subtasks, aggregation, block_size, device)
-    return from_influence(result, k, {})
+    """RDS: cosine of hidden states, the same aggregation and top-k as LESS; ``exclude``d pool rows are never
+    scored nor selected."""
+    result = cosine_scores(pool_features, target_features, target_subtasks, aggregation, block_size, device,
+                           exclude=exclude)
+    eligible = None if exclude is None or not len(exclude) else np.setdiff1d(np.arange(result.score.shape[0]), exclude)
+    return from_influence(result, k, {}, eligible)
 
 
 def device_of(trainer: dict[str, Any] | None) -> str:
@@ -51,7 +55,8 @@ def hidden_features(inputs: Inputs, pooling: str, batch_size: int = 16) -> tuple
     """The pool's and the targets' pooled hidden states under ``--model`` (one predict pass each, on one device).
 
     The stores are written to a temporary directory: they are an intermediate of the
-    selection, whose manifest records what decides it.
+    selection, whose manifest records what decides it. Pool rows without a response token
+    are zeros there; they are ``inputs.excluded`` (the runner tokenized the pool with ``--model``).
     """
     request = inputs.request
     accelerator = {"cuda": "gpu"}.get(inputs.loaded["device"], inputs.loaded["device"])
@@ -59,7 +64,7 @@ def hidden_features(inputs: Inputs, pooling: str, batch_size: int = 16) -> tuple
     with tempfile.TemporaryDirectory(prefix="lightning_less_hidden_") as tmp:
         return tuple(  # type: ignore[return-value]
             compute_hidden_states(request.model, list(files), Path(tmp) / name, pooling=pooling, max_length=request.max_length,
-                                  batch_size=batch_size, trainer_kwargs=trainer)
+                                  batch_size=batch_size, trainer_kwargs=trainer, allow_excluded=name == "pool")
             for name, files in (("pool", request.pool), ("targets", request.targets)))
 
 
@@ -84,6 +89,7 @@ class Rds(SelectionMethod):
     def select(self, inputs: Inputs) -> SelectionResult:
         pool_h, target_h = hidden_features(inputs, self.pooling)
         aggregation = self.aggregation(inputs)
-        result = select_rds(pool_h, target_h, inputs.target_subtasks, inputs.k, aggregation=aggregation)
+        result = select_rds(pool_h, target_h, inputs.target_subtasks, inputs.k, aggregation=aggregation,
+                            exclude=inputs.excluded)
         return replace(result, params={**result.params, "model": inputs.request.model, "pooling": self.pooling,
                                        "aggregation": aggregation})

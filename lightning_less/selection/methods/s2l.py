@@ -68,10 +68,16 @@ class S2L(SelectionMethod):
                              f"--trajectories {path} ({len(losses) - defined} have none): lower --fraction or --count")
         return {"losses": losses}
 
+    def excluded(self, inputs: Inputs) -> list[int]:
+        """The rows without a defined loss (NaN: no response token when the trajectories were recorded)."""
+        return np.flatnonzero(~np.isfinite(inputs.loaded["losses"]).all(axis=1)).tolist()
+
     def select(self, inputs: Inputs) -> SelectionResult:
         request = inputs.request
         sources = [r.source for r in inputs.pool] if request.stratify_by_source else None
-        return select_s2l(inputs.loaded["losses"], inputs.k, n_clusters=min(request.n_clusters, len(inputs.pool)),
+        losses = np.array(inputs.loaded["losses"], dtype=np.float64)
+        losses[inputs.excluded] = np.nan  # S2L leaves out the rows without a defined loss
+        return select_s2l(losses, inputs.k, n_clusters=min(request.n_clusters, len(inputs.pool)),
                           seed=request.seed, sources=sources)
 
     def recorded_inputs(self, inputs: Inputs) -> dict[str, Any]:

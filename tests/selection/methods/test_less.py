@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -41,25 +42,47 @@ def _scores_csv(selection_dir) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_excluded_target_rows_are_left_out(tmp_path):
-    """Targets 1 (subtask a) and 4 (the only one of subtask c) had no response token: their zero rows are dropped."""
+def test_targets_without_a_response_token_are_refused_by_id(tmp_path):
+    """Targets 1 and 4 had no response token: a target without signal is a mistake, named, never dropped silently."""
     rng = np.random.default_rng(3)
-    pool_feats = [rng.standard_normal((9, 6)) for _ in range(2)]
-    target_feats = [rng.standard_normal((5, 6)) for _ in range(2)]
-    subtasks = ["a", "a", "b", "b", "c"]
+    feats = [rng.standard_normal((9, 6)) for _ in range(2)], [rng.standard_normal((5, 6)) for _ in range(2)]
     pool = write_records(tmp_path / "pool.jsonl", records(9, "p"))
-    targets = write_records(tmp_path / "targets.jsonl", records(5, "t", subtasks=subtasks))
-    pool_store = gradient_store(tmp_path / "ps", "adam", pool_feats, [3.0, 1.0], files=[pool])
-    target_store = gradient_store(tmp_path / "ts", "sgd", target_feats, [3.0, 1.0], excluded=[1, 4], files=[targets])
+    targets = write_records(tmp_path / "targets.jsonl", records(5, "t", subtasks=["a", "a", "b", "b", "c"]))
+    pool_store = gradient_store(tmp_path / "ps", "adam", feats[0], [3.0, 1.0], files=[pool])
+    target_store = gradient_store(tmp_path / "ts", "sgd", feats[1], [3.0, 1.0], excluded=[1, 4], files=[targets])
+    with pytest.raises(InputError, match=r"2 target examples .* \(ids t1, t4\)"):
+        run_selection("less", [pool], [targets], tmp_path / "sel", count=4, pool_store=pool_store, target_store=target_store)
+    assert not (tmp_path / "sel").exists()
 
-    out = run_selection("less", [pool], [targets], tmp_path / "sel", count=4, pool_store=pool_store, target_store=target_store)
 
-    want, per_subtask = brute_force_less(pool_feats, target_feats, [3.0, 1.0], subtasks, keep=[0, 2, 3])
-    assert selected_ids(out) == [f"p{i}" for i in _order(want, 4)]
+@pytest.mark.parametrize("aggregation", ["max_subtask_mean", "round_robin"])
+def test_pool_rows_without_a_response_token_are_never_selected(tmp_path, aggregation):
+    """Pool rows 0 and 5 (zero features) would have refused the pool: they are counted, named, left blank in
+    scores.csv and never selected, and the others rank as brute force says."""
+    rng = np.random.default_rng(4)
+    pool_feats = [rng.standard_normal((9, 6)) for _ in range(2)]
+    target_feats = [rng.standard_normal((4, 6)) for _ in range(2)]
+    subtasks = ["a", "a", "b", "b"]
+    pool = write_records(tmp_path / "pool.jsonl", records(9, "p"))
+    targets = write_records(tmp_path / "targets.jsonl", records(4, "t", subtasks=subtasks))
+    pool_store = gradient_store(tmp_path / "ps", "adam", pool_feats, [3.0, 1.0], excluded=[0, 5], files=[pool])
+    target_store = gradient_store(tmp_path / "ts", "sgd", target_feats, [3.0, 1.0], files=[targets])
+    out = run_selection("less", [pool], [targets], tmp_path / "sel", count=7, pool_store=pool_store,
+                        target_store=target_store, aggregation=aggregation)
+    want, per_subtask = brute_force_less(pool_feats, target_feats, [3.0, 1.0], subtasks, keep=[0, 1, 2, 3])
+    kept = [i for i in range(9) if i not in (0, 5)]
+    chosen = selected_ids(out)
+    assert sorted(chosen) == sorted(f"p{i}" for i in kept)  # 7 of 9: every row but the two
+    if aggregation == "max_subtask_mean":
+        assert chosen == [f"p{i}" for i in sorted(kept, key=lambda i: (-want[i], i))]
     rows = _scores_csv(out)
-    assert [c for c in rows[0] if c.startswith("score/")] == ["score/a", "score/b"]  # no subtask c: it had no target left
-    np.testing.assert_allclose([float(r["score"]) for r in rows], want, rtol=1e-5)
-    np.testing.assert_allclose([float(r["score/a"]) for r in rows], per_subtask["a"], rtol=1e-5)
+    assert rows[0]["score"] == rows[5]["score"] == "" and rows[0]["selected"] == "0"
+    np.testing.assert_allclose([float(rows[i]["score/a"]) for i in kept], per_subtask["a"][kept], rtol=1e-5)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["params"]["excluded"]["count"] == 2 and manifest["params"]["excluded"]["ids"] == ["p0", "p5"]
+    with pytest.raises(InputError, match="exceeds the 7 pool examples left with a response token"):
+        run_selection("less", [pool], [targets], tmp_path / "sel8", count=8, pool_store=pool_store,
+                      target_store=target_store)
 
 
 def test_round_robin_takes_turns_between_subtasks(tmp_path):
