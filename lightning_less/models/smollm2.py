@@ -74,7 +74,7 @@ def save_smollm2(path: str | Path) -> Path:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(quantized.state_dict(), assign=True)
-    model.tie_weights()  # assign=True puts in the two tensors separately; tie them again as the config says
+    model.tie_weights()  # assign=True leaves two Parameter objects over one storage: make them one, as the config says
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     path.mkdir(parents=True, exist_ok=True)
