@@ -280,7 +280,7 @@ def check_same_snapshots(a: Mapping[str, Any], b: Mapping[str, Any], a_label: st
     _pair_diff(view(a), view(b), "were computed from different snapshots", a_label, b_label)
     weights = lambda m: (m.get("model") or {}).get("weights_sample_sha256")  # noqa: E731
     if weights(a) and weights(b):
-        # Before the exact-integer sample positions, parameters of millions of elements were sampled at
+        # Before the exact-integer sample positions, many parameters of over 1.2 million elements were sampled at
         # slightly other positions, so a store from before that fix differs from a new one on the same model.
         _pair_diff(weights(a), weights(b), "were computed on base models with different weights (or one of them was "
                    "written before lightning-less sampled the weights at exact positions: compute that one again)",

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_less.stores.provenance import sample_indices, weights_sample_sha256
+from lightning_less.errors import IncompatibleError
+from lightning_less.stores.provenance import check_same_snapshots, sample_indices, weights_sample_sha256
 
 BIG = 2**24 + 4  # float32 linspace put this parameter's last sample position one past its end
 
@@ -70,3 +71,13 @@ def test_smollm2_weights_sample_equals_an_independent_computation(smollm2_dir):
         h.update(torch.from_numpy(flat[picks].copy()).to(torch.bfloat16).view(torch.int16).numpy().tobytes())
     assert model.model.embed_tokens.weight.numel() > 2**24
     assert weights_sample_sha256(model, skip) == h.hexdigest()
+
+
+def test_stores_with_other_weight_samples_are_refused_naming_the_older_sampling():
+    # Catches: a refusal that does not say a store from before the exact positions must be recomputed.
+    snapshots = [{"name": "epoch_000", "sha256": {"adapter_model.safetensors": "ab"}}]
+    old = {"snapshot_info": snapshots, "model": {"weights_sample_sha256": "1" * 64}}
+    new = {"snapshot_info": snapshots, "model": {"weights_sample_sha256": "2" * 64}}
+    with pytest.raises(IncompatibleError, match="different weights.*exact positions: compute that one again"):
+        check_same_snapshots(old, new, "--pool_store a", "--target_store b")
+    check_same_snapshots(new, dict(new), "--pool_store a", "--target_store b")
