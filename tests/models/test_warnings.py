@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 
 from lightning_less.callbacks.snapshot import GradientFeatureCallback
 from lightning_less.console import quiet_known_warnings
@@ -30,7 +31,7 @@ NOISE = {
 class _ReturnsNothing(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
-        self.layer = __import__("torch").nn.Linear(2, 2)
+        self.layer = torch.nn.Linear(2, 2)
 
     def predict_step(self, batch, batch_idx):  # a predict pass that writes elsewhere
         return None
@@ -51,7 +52,7 @@ def _warmup_pass_and_scoring(root: Path) -> None:
     rows = store.features(store.snapshots[0], 8)
     assert isinstance(rows, np.ndarray) and not rows.flags.writeable
     influence_scores([rows], [rows], [1e-3], ["t"] * rows.shape[0])
-    pl.Trainer(**quiet).predict(_ReturnsNothing(), dataloaders=[__import__("torch").zeros(2, 2)],
+    pl.Trainer(**quiet).predict(_ReturnsNothing(), dataloaders=[torch.zeros(2, 2)],
                                 return_predictions=False)
 
 
