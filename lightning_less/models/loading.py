@@ -1,4 +1,4 @@
-"""Where a model and its tokenizer come from: a hub name, a local path, or ``builtin:tiny-llama``."""
+"""Where a model and its tokenizer come from: a hub name, a local path, or a built-in name (``builtin:tiny-llama``, ``builtin:smollm2-135m``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from lightning_less.models.tiny import resolve_model_path
+from lightning_less.models.builtin import resolve_model_path
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 

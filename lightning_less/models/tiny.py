@@ -6,20 +6,19 @@ back with the real ``from_pretrained`` code path, exactly as it would load a hub
 
 The name ``builtin:tiny-llama`` (or ``builtin:tiny-llama-<size>``) can be used wherever a
 model name or path is accepted: it is built once, deterministically from a seed, into
-the cache directory (``$LIGHTNING_LESS_CACHE``, default ``~/.cache/lightning_less``).
+the cache directory (:mod:`lightning_less.models.builtin` resolves every built-in name).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import string
-import tempfile
 from pathlib import Path
 
 from lightning_less.errors import InputError
+# Re-exported: built-in names were resolved here before SmolLM2 joined them, and callers import them from here.
+from lightning_less.models.builtin import BUILTIN_PREFIX, cache_dir, resolve_model_path  # noqa: F401
 
-BUILTIN_PREFIX = "builtin:"
 SPECIAL_TOKENS = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>"}
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
 # Printable ASCII plus Greek and Cyrillic letters (the demo's second surface form).
@@ -94,41 +93,6 @@ def save_tiny_model(path: str | os.PathLike, size: str = "tiny", seed: int = 0) 
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LIGHTNING_LESS_CACHE", Path.home() / ".cache" / "lightning_less"))
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """Map ``builtin:tiny-llama[-<size>]`` to a saved directory (building it once); pass anything else through."""
-    if not name_or_path.startswith(BUILTIN_PREFIX):
-        return name_or_path
-    name = name_or_path[len(BUILTIN_PREFIX):]
-    if name == "tiny-llama":
-        size = "tiny"
-    elif name.startswith("tiny-llama-"):
-        size = name[len("tiny-llama-"):]
-    else:
-        raise ValueError(f"unknown built-in model {name_or_path!r}: expected 'builtin:tiny-llama' or 'builtin:tiny-llama-<size>' with size in {sorted(SIZES)}")
-    if size not in SIZES:
-        raise ValueError(f"unknown built-in model size {size!r} in {name_or_path!r}: expected one of {sorted(SIZES)}")
-    target = cache_dir() / "builtin" / f"tiny-llama-{size}-v1"
-    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
-        return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a temporary directory and rename, so a half-written model is never reused.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        save_tiny_model(tmp, size=size, seed=0)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").exists():  # another process did not win the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
 
 
 def tiny_model(*, output: str, size: str = "tiny", seed: int = 0) -> dict[str, str | int]:

@@ -107,7 +107,7 @@ def snapshot_weights(snapshot_lrs: Sequence[float]) -> np.ndarray:
 def _rows_to_fp32(x: Any, device: torch.device) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach().to(device=device, dtype=torch.float32)
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(x))).to(device=device, dtype=torch.float32)
+    return torch.from_numpy(np.require(x, dtype=np.float32, requirements=["C", "W"])).to(device=device)  # copies read-only maps
 
 
 def _check_norms(norms: torch.Tensor, what: str, offset: int = 0) -> None:
