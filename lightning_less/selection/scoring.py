@@ -95,12 +95,17 @@ def group_subtasks(labels: Sequence[str]) -> tuple[tuple[str, ...], list[np.ndar
 
 
 def snapshot_weights(snapshot_lrs: Sequence[float]) -> np.ndarray:
-    """``w_i = eta_i / sum_j eta_j`` (docs/algorithms.md §1.5); every ``eta_i`` must be positive and finite."""
+    """``w_i = eta_i / sum_j eta_j`` (docs/algorithms.md §1.5).
+
+    Every ``eta_i`` must be finite and non-negative, and one at least positive. A snapshot whose
+    epoch ran at learning rate 0 throughout (a one-step epoch inside the LR warmup) gets weight 0:
+    the formula's own answer, not a reason to throw away the computed features.
+    """
     lrs = np.asarray(snapshot_lrs, dtype=np.float64)
     if lrs.ndim != 1 or lrs.size == 0:
         raise ValueError("snapshot_lrs must be a non-empty list of learning rates, one per snapshot")
-    if not np.all(np.isfinite(lrs)) or np.any(lrs <= 0):
-        raise ValueError(f"snapshot learning rates must be positive and finite, got {lrs.tolist()}")
+    if not np.all(np.isfinite(lrs)) or np.any(lrs < 0) or not np.any(lrs > 0):
+        raise ValueError(f"snapshot learning rates must be finite, non-negative and not all 0, got {lrs.tolist()}")
     return lrs / lrs.sum()
 
 

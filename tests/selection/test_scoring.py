@@ -152,11 +152,22 @@ def test_bad_inputs_refused():
         influence_scores(pool, targets, LRS[:2], LABELS)
     with pytest.raises(ValueError, match="subtask labels"):
         influence_scores(pool, targets, LRS, LABELS[:-1])
-    with pytest.raises(ValueError, match="positive"):
-        influence_scores(pool, targets, [1.0, 0.0, 1.0], LABELS)
+    with pytest.raises(ValueError, match="non-negative"):
+        influence_scores(pool, targets, [1.0, -1.0, 1.0], LABELS)
     with pytest.raises(ValueError, match="unknown aggregation"):
         influence_scores(pool, targets, LRS, LABELS, aggregation="median")
     with pytest.raises(ValueError, match="pool rows"):
         influence_scores([pool[0], pool[1][:-1], pool[2]], targets, LRS, LABELS)
     with pytest.raises(ValueError, match="dim"):
         influence_scores([pool[0][:, :8], pool[1], pool[2]], targets, LRS, LABELS)
+
+
+def test_a_snapshot_at_learning_rate_zero_weighs_nothing_but_all_zero_is_refused():
+    """A one-step epoch inside the LR warmup has mean LR 0: its snapshot gets weight 0 (the formula's own
+    answer), instead of refusing features already computed; all-zero, negative or NaN rates are refused."""
+    from lightning_less.selection.scoring import snapshot_weights
+
+    np.testing.assert_array_equal(snapshot_weights([0.0, 1e-3, 3e-3]), [0.0, 0.25, 0.75])
+    for bad in ([0.0, 0.0], [-1e-3, 2e-3], [float("nan"), 1e-3], []):
+        with pytest.raises(ValueError):
+            snapshot_weights(bad)
