@@ -84,8 +84,9 @@ class LengthGroupedBatchSampler(BatchSampler):
 
     Built like a ``BatchSampler`` (``sampler``, ``batch_size``, ``drop_last``), so Lightning
     can rebuild it around its distributed sampler; ``lengths`` and ``max_tokens`` are
-    kept. Give it in a ``*_dataloader`` hook (as :class:`InstructionDataModule` does):
-    Lightning rebuilds only batch samplers made there.
+    kept. Make it inside a ``*_dataloader`` hook (as :class:`InstructionDataModule` does):
+    Lightning records the arguments only of batch samplers made there, and a predict pass
+    rebuilds its batch sampler even in one process, so one made elsewhere is refused then.
 
     Args:
         sampler: the dataset positions to batch (e.g. ``SequentialSampler(dataset)``).
@@ -96,7 +97,11 @@ class LengthGroupedBatchSampler(BatchSampler):
     """
 
     def __init__(self, sampler: Sampler[int] | Sequence[int], batch_size: int, drop_last: bool = False, *,
-                 lengths: Sequence[int] | np.ndarray, max_tokens: int | None = None) -> None:
+                 lengths: Sequence[int] | np.ndarray | None = None, max_tokens: int | None = None) -> None:
+        if lengths is None:  # Lightning rebuilding one made outside a *_dataloader hook (it knows no lengths)
+            raise InputError("LengthGroupedBatchSampler needs the examples' lengths; Lightning rebuilds a predict "
+                             "loader's batch sampler with its original arguments only when it was made inside the "
+                             "predict_dataloader hook: make the DataLoader there (a LightningDataModule or module)")
         super().__init__(sampler, batch_size, drop_last)
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.max_tokens = max_tokens

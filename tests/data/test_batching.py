@@ -93,6 +93,28 @@ def test_batch_sampler_groups_the_positions_it_is_given():
     assert length_grouped_batches([4, 0, 2], [1, 1, 1, 1, 1], 2) == [[4, 0], [2]]
 
 
+def test_a_loader_made_outside_a_hook_is_refused_clearly():
+    """Lightning rebuilds a predict batch sampler; it knows the lengths only of one made in predict_dataloader."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, SequentialSampler
+
+    class Nothing(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+
+        def predict_step(self, batch, batch_idx):
+            return batch
+
+    items = [[0] * n for n in (3, 9, 1, 7, 5)]
+    sampler = LengthGroupedBatchSampler(SequentialSampler(items), 2, lengths=[len(i) for i in items])
+    loader = DataLoader(items, batch_sampler=sampler, collate_fn=lambda batch: [len(i) for i in batch])
+    assert list(loader) == [[9, 7], [5, 3], [1]]  # usable as is outside Lightning
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(InputError, match="predict_dataloader hook"):
+        trainer.predict(Nothing(), dataloaders=loader)
+
+
 def test_two_gloo_ranks_get_disjoint_length_grouped_shares(write_jsonl, tmp_path):
     """Lightning rebuilds the batch sampler around its DDP sampler: each rank groups its own share by length."""
     path = write_jsonl("pool.jsonl", mixed_rows())
