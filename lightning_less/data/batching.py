@@ -65,7 +65,7 @@ def length_grouped_batches(positions: Sequence[int], lengths: Sequence[int] | np
     order = np.argsort(-sizes, kind="stable")  # longest first; equal lengths keep the sampler's order
     if max_tokens is not None and sizes[order[0]] > max_tokens:
         raise InputError(f"an example (dataset position {int(positions[order[0]])}) has {int(sizes[order[0]])} tokens, "
-                         f"more than max_tokens={max_tokens} (padded tokens per batch): raise max_tokens to at least "
+                         f"more than max_tokens={max_tokens} padded tokens a batch may hold (predict_max_tokens): give at least "
                          "max_length")
     batches: list[list[int]] = []
     start = 0
