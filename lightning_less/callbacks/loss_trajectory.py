@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_less.callbacks.schedule import _Schedule, step_dirname
+from lightning_less.data.batching import LengthGroupedBatchSampler
 from lightning_less.modules.losses import record_losses
 from lightning_less.stores.trajectory import LOSS_DEFINITION, TrajectoryStore
 
@@ -22,7 +23,7 @@ class LossTrajectoryCallback(_Schedule, Callback):
     """Record every pool example's loss at chosen optimizer steps of the proxy's own training.
 
     The pool is every record of the datamodule's ``train_files`` (not only a sampled
-    fraction), tokenized as for training, batched with its ``eval_batch_size`` (or
+    fraction), tokenized as for training, batched by length with its ``eval_batch_size`` (or
     ``batch_size``) and ``padding_side``. Under DDP each rank computes every
     ``world_size``-th example and the columns are gathered. Columns are kept with the
     recorded steps in the callback's ``state_dict`` (so a run resumed from a Lightning
@@ -81,9 +82,10 @@ class LossTrajectoryCallback(_Schedule, Callback):
             return
         ds = self._dataset(trainer)
         dm = trainer.datamodule
-        shard = Subset(ds, range(trainer.global_rank, len(ds), trainer.world_size)) if trainer.world_size > 1 else ds
-        loader = DataLoader(shard, batch_size=self.batch_size or dm.eval_batch_size, shuffle=False,
-                            collate_fn=InstructionCollator(dm.tokenizer.pad_token_id, dm.padding_side))
+        # This rank's share, in batches of similar length (padding is computed, and lengths vary widely).
+        share = range(trainer.global_rank, len(ds), trainer.world_size)
+        batches = LengthGroupedBatchSampler(share, self.batch_size or dm.eval_batch_size, lengths=ds.lengths)
+        loader = DataLoader(ds, batch_sampler=batches, collate_fn=InstructionCollator(dm.tokenizer.pad_token_id, dm.padding_side))
         model = getattr(pl_module, "model", pl_module)
         with trainer.precision_plugin.predict_step_context():
             column = record_losses(model, loader, len(ds.records), pl_module.device)

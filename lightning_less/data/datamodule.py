@@ -11,9 +11,10 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from typing_extensions import override
 
+from lightning_less.data.batching import LengthGroupedBatchSampler, PredictBatching, check_predict_batching
 from lightning_less.data.collate import InstructionCollator  # re-exported: callers import it from here
 from lightning_less.data.formatting import IGNORE_INDEX, TemplateName, encode_messages, has_response_token, tulu_prompt
 from lightning_less.data.records import Record, file_sha256, read_records
@@ -274,6 +275,9 @@ class InstructionDataModule(pl.LightningDataModule):
         padding_side: ``"right"`` or ``"left"``.
         num_workers: data loader workers.
         train_indices: train only on these record indices of ``train_files`` (a selection).
+        predict_batching: ``"length"``: predict batches of examples of similar length, longest first
+            (:mod:`lightning_less.data.batching`); ``"file_order"``: consecutive examples.
+        predict_max_tokens: with ``"length"``, at most this many padded tokens in a predict batch.
     """
 
     def __init__(
@@ -292,8 +296,11 @@ class InstructionDataModule(pl.LightningDataModule):
         padding_side: str = "right",
         num_workers: int = 0,
         train_indices: list[int] | None = None,
+        predict_batching: PredictBatching = "length",
+        predict_max_tokens: int | None = None,
     ) -> None:
         super().__init__()
+        check_predict_batching(predict_batching, predict_max_tokens)
         self.save_hyperparameters()
         self.train_files = train_files
         self.val_files = val_files
@@ -309,6 +316,8 @@ class InstructionDataModule(pl.LightningDataModule):
         self.padding_side = padding_side
         self.num_workers = num_workers
         self.train_indices = train_indices
+        self.predict_batching = predict_batching
+        self.predict_max_tokens = predict_max_tokens
         self._tokenizer = None
         self.datasets: dict[str, InstructionDataset] = {}
 
@@ -370,6 +379,11 @@ class InstructionDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self._dataset(split)
         collate = InstructionCollator(self.tokenizer.pad_token_id, self.padding_side)
+        if split == "predict" and self.predict_batching == "length":
+            # Made here, in the hook, so that Lightning can rebuild it around its DDP sampler.
+            batches = LengthGroupedBatchSampler(SequentialSampler(ds), self.eval_batch_size, lengths=ds.lengths,
+                                                max_tokens=self.predict_max_tokens)
+            return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers)
         size = self.batch_size if split == "train" else self.eval_batch_size
         return DataLoader(ds, batch_size=size, shuffle=shuffle, collate_fn=collate, num_workers=self.num_workers)
 

@@ -152,19 +152,21 @@ def compute_hidden_states(
     trainer_kwargs: dict[str, Any] | None = None,
     overwrite: bool = False,
     allow_excluded: bool = False,
+    predict_batching: str = "length",
 ) -> np.ndarray:
     """Run the hidden-state pass of ``model_name_or_path`` over ``files`` into ``output_dir``; return [n, hidden].
 
     Examples without a response token after truncation (the dataset's ``dropped``) are
     refused, unless ``allow_excluded``: their rows are then zeros, for a caller that leaves
-    them out itself (the selection runner never selects them).
+    them out itself (the selection runner never selects them). Batches are grouped by
+    length unless ``predict_batching="file_order"`` (``InstructionDataModule``).
     """
     from lightning_less.data.datamodule import InstructionDataModule
 
     module = HiddenStateModule(model_name_or_path, output_dir, pooling=pooling, overwrite=overwrite)
     data = InstructionDataModule(predict_files=list(files), tokenizer_name_or_path=model_name_or_path,
                                  max_length=max_length, template=template, eval_batch_size=batch_size,
-                                 padding_side=padding_side)
+                                 padding_side=padding_side, predict_batching=predict_batching)
     kwargs = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
               **(trainer_kwargs or {})}
     pl.Trainer(**kwargs).predict(module, datamodule=data, return_predictions=False)

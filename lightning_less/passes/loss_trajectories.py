@@ -275,19 +275,21 @@ def compute_trajectories(
     batch_size: int = 16,
     padding_side: str = "right",
     trainer_kwargs: dict[str, Any] | None = None,
+    predict_batching: str = "length",
     **module_kwargs: Any,
 ) -> TrajectoryStore:
     """Run the trajectory pass of ``checkpoints`` over ``files`` into ``output_dir``; return the store.
 
     The tokenizer comes from ``tokenizer_name_or_path``, else ``model_name_or_path``, else
-    the first checkpoint.
+    the first checkpoint. Batches are grouped by length unless ``predict_batching="file_order"``.
     """
     from lightning_less.data.datamodule import InstructionDataModule
 
     module = LossTrajectoryModule(checkpoints, str(output_dir), model_name_or_path=model_name_or_path, **module_kwargs)
     tokenizer = tokenizer_name_or_path or model_name_or_path or str(module.checkpoint_dirs[0])
     data = InstructionDataModule(predict_files=list(files), tokenizer_name_or_path=tokenizer, max_length=max_length,
-                                 template=template, eval_batch_size=batch_size, padding_side=padding_side)
+                                 template=template, eval_batch_size=batch_size, padding_side=padding_side,
+                                 predict_batching=predict_batching)
     kwargs = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
               **(trainer_kwargs or {})}
     pl.Trainer(**kwargs).predict(module, datamodule=data, return_predictions=False)

@@ -181,7 +181,8 @@ def test_datamodule_train_fraction_equals_sample_fraction(write_jsonl):
 def test_datamodule_batches_carry_global_indices(write_jsonl):
     a = write_jsonl("a.jsonl", pool_rows(5))
     b = write_jsonl("b.jsonl", pool_rows(4))
-    dm = InstructionDataModule(predict_files=[a, b], tokenizer_name_or_path=TINY, max_length=128, eval_batch_size=4)
+    dm = InstructionDataModule(predict_files=[a, b], tokenizer_name_or_path=TINY, max_length=128, eval_batch_size=4,
+                               predict_batching="file_order")
     dm.setup("predict")
     records = dm.datasets["predict"].records
     batches = list(dm.predict_dataloader())

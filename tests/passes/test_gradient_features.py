@@ -54,8 +54,8 @@ def _reference_features(run, files, feature, dim, projector="trak_basic"):
                 v = torch.cat([snap.exp_avg_sq[n].flatten() for n in names])
                 b1, b2 = snap.betas
                 g = (b1 * m + (1 - b1) * g) / torch.sqrt(b2 * v + (1 - b2) * g * g + snap.eps)
-            rows.append(proj.project(g[None]).numpy()[0])
-        out[snap_dir.name] = np.stack(rows)
+            rows.append((batch["index"].item(), proj.project(g[None]).numpy()[0]))
+        out[snap_dir.name] = np.stack([row for _, row in sorted(rows, key=lambda r: r[0])])  # in row (index) order
     return out
 
 
