@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence, runtime_checkable
@@ -16,7 +15,14 @@ from typing_extensions import override
 
 from lightning_less.data.batching import LengthGroupedBatchSampler, PredictBatching, check_predict_batching
 from lightning_less.data.collate import InstructionCollator  # re-exported: callers import it from here
-from lightning_less.data.formatting import IGNORE_INDEX, TemplateName, encode_messages, has_response_token, tulu_prompt
+from lightning_less.data.formatting import (
+    IGNORE_INDEX,
+    TemplateName,
+    encode_messages,
+    has_response_token,
+    tokenizer_fingerprint,
+    tulu_prompt,
+)
 from lightning_less.data.records import Record, file_sha256, read_records
 from lightning_less.errors import InputError
 from lightning_less.models.loading import load_tokenizer
@@ -53,27 +59,6 @@ class FingerprintedData(Protocol):
     def excluded_indices(self) -> list[int]:
         """Indices that are part of the numbering but hold no example (no response token left)."""
         ...
-
-
-def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
-    """What decides how a tokenizer turns text into ids: its class, special tokens and a sha256 of its state.
-
-    The state is the fast tokenizer's serialization (vocabulary, merges, normalizer...)
-    without its runtime padding / truncation settings, else the vocabulary. Its name or
-    path is not part of it, so the same tokenizer loaded from two places is the same.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
-    else:
-        state = {"vocab": tokenizer.get_vocab()}
-    text = json.dumps(state, sort_keys=True, ensure_ascii=False)
-    return {
-        "class": type(tokenizer).__name__,
-        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-        "bos_token": tokenizer.bos_token,
-        "eos_token": tokenizer.eos_token,
-    }
 
 
 def sample_fraction(n: int, fraction: float, seed: int) -> np.ndarray:

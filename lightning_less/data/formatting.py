@@ -19,8 +19,10 @@ one (a chat template writes its own). Truncation keeps the first ``max_length`` 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 IGNORE_INDEX = -100
 TemplateName = Literal["tulu", "chat_template"]
@@ -154,3 +156,24 @@ def _tokenize_whole(segments: Sequence[Segment], tokenizer) -> tuple[list[int], 
 def has_response_token(labels: Sequence[int]) -> bool:
     """Whether an example has at least one label the shifted loss can use (position >= 1)."""
     return any(label != IGNORE_INDEX for label in labels[1:])
+
+
+def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
+    """What decides how a tokenizer turns text into ids: its class, special tokens and a sha256 of its state.
+
+    The state is the fast tokenizer's serialization (vocabulary, merges, normalizer...)
+    without its runtime padding / truncation settings, else the vocabulary. Its name or
+    path is not part of it, so the same tokenizer loaded from two places is the same.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+    else:
+        state = {"vocab": tokenizer.get_vocab()}
+    text = json.dumps(state, sort_keys=True, ensure_ascii=False)
+    return {
+        "class": type(tokenizer).__name__,
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "bos_token": tokenizer.bos_token,
+        "eos_token": tokenizer.eos_token,
+    }

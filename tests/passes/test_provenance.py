@@ -135,7 +135,8 @@ def test_less_datamodule_refuses_a_selection_of_another_pool(warm_run, stores, t
 
 
 def test_instruction_data_records_its_files_and_tokenization(warm_run, stores):
-    from lightning_less.data.datamodule import InstructionDataset, tokenizer_fingerprint
+    from lightning_less.data.datamodule import InstructionDataset
+    from lightning_less.data.formatting import tokenizer_fingerprint
     from lightning_less.data.records import file_sha256
     from lightning_less.errors import InputError
     from lightning_less.models.loading import load_tokenizer
